@@ -1,0 +1,176 @@
+"""The data directory: CIFAR-10 arrays, frost overlays and checkpoints, located and checked.
+
+Layout (``DYNBN_DATA`` or ``--data-dir``; default ``~/.cache/dynbn/data``)::
+
+    cifar10/train.npz, cifar10/test.npz   uint8 images (N, 32, 32, 3) RGB + int64 labels
+    frost/frost1.png .. frost6.jpg        overlays for the frost corruption
+    models/resnet{20,32,44,56}-*.th       pretrained CIFAR ResNets (akamaster)
+
+``fetch()`` fills it for users with internet: the official CIFAR-10 archive through
+torchvision (lossless, unlike the JPEG-decoded copy some mirrors ship), the checkpoints
+and frost overlays from their public URLs, every download checked against its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "DYNBN_DATA"
+DEFAULT_DIR = Path("~/.cache/dynbn/data")
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/d5489e8995e81e91ce6b1d69dcc98ad579b0b153/pretrained_models/"
+_HENDRYCKS = "https://github.com/hendrycks/robustness/raw/8190fe329f5f072a06e3a2aea02bb5dda69aed9f/ImageNet-C/create_c/"
+
+# file name -> (url, sha256)
+CHECKPOINTS = {
+    "resnet20-12fca82f.th": (_AKAMASTER + "resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
+    "resnet32-d509ac18.th": (_AKAMASTER + "resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),
+    "resnet44-014dd654.th": (_AKAMASTER + "resnet44-014dd654.th", "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4"),
+    "resnet56-4bfd9763.th": (_AKAMASTER + "resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
+}
+FROST = {
+    "frost1.png": "ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755",
+    "frost2.png": "fe211a89b336999c207a852ce05818d4545d0b57c5beadd824b4cc9d9a9b6137",
+    "frost3.png": "2d0d50b4a9bb213f38b024ef7768731bb83cc08d2f26b5766bbc167cdfa0e504",
+    "frost4.jpg": "3f8b91ca1a9fa7167b09e773da53f5ae60d0a1fd88f02a783f6e328a72887f6e",
+    "frost5.jpg": "5fc6a19df4a429ba68abdcc8f8a4278d4c9f81c9ccafd2c92ab0c8cf8992ebd2",
+    "frost6.jpg": "1f92b2f48408748085b68dd81d816ef239f42cef3029c25d041fcb6760fb4f25",
+}
+
+
+class DataError(RuntimeError):
+    """A data file is missing or damaged; the message names the file and the fix."""
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """Resolve the data directory: explicit argument, then ``$DYNBN_DATA``, then the cache default."""
+    chosen = path or os.environ.get(ENV_VAR) or DEFAULT_DIR
+    return Path(chosen).expanduser()
+
+
+def _missing(path: Path, what: str) -> DataError:
+    return DataError(
+        f"{what} not found: {path}. Point {ENV_VAR} (or --data-dir) at a data directory "
+        f"holding cifar10/, frost/ and models/, or fill one with `dynbn data fetch`."
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One CIFAR-10 split: uint8 images (N, 32, 32, 3) RGB and int64 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None, seed: int) -> "Split":
+        """A seeded random subset of n rows (all rows, shuffled, when n is None)."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        if n is not None:
+            order = order[:n]
+        return Split(self.images[order], self.labels[order])
+
+
+def load_cifar10(split: str, root: str | os.PathLike | None = None) -> Split:
+    """Load ``cifar10/{split}.npz`` and check its arrays; errors name the file and the problem."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = data_dir(root) / "cifar10" / f"{split}.npz"
+    if not path.is_file():
+        raise _missing(path, f"CIFAR-10 {split} split")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz["images"], npz["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path} is damaged or not a CIFAR-10 npz ({exc}); re-create it with `dynbn data fetch`.") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(f"{path}: 'images' must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path}: 'labels' must be (N,) in 0..9 matching images, got {labels.shape}")
+    return Split(images, labels.astype(np.int64))
+
+
+def frost_dir(root: str | os.PathLike | None = None) -> Path:
+    """The frost overlay folder (checked to exist)."""
+    path = data_dir(root) / "frost"
+    if not path.is_dir():
+        raise _missing(path, "frost overlay folder")
+    return path
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, dest: Path, expected: str) -> None:
+    if dest.is_file() and sha256(dest) == expected:
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    print(f"downloading {url}")
+    urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs
+    got = sha256(tmp)
+    if got != expected:
+        tmp.unlink()
+        raise DataError(f"{url}: sha256 {got} does not match the expected {expected}")
+    tmp.replace(dest)
+
+
+def _fetch_cifar10(root: Path) -> None:
+    """Write cifar10/{train,test}.npz from the official archive (torchvision checks its md5)."""
+    from torchvision.datasets import CIFAR10
+
+    cache = root / "cifar10" / "download"
+    for split, train in (("train", True), ("test", False)):
+        out = root / "cifar10" / f"{split}.npz"
+        if out.is_file():
+            continue
+        ds = CIFAR10(str(cache), train=train, download=True)
+        np.savez_compressed(out, images=np.asarray(ds.data, np.uint8), labels=np.asarray(ds.targets, np.int64))
+        print(f"wrote {out} ({len(ds.targets)} images)")
+
+
+def fetch(root: str | os.PathLike | None = None) -> Path:
+    """Fill the data directory from the public sources; files already present and valid are kept."""
+    base = data_dir(root)
+    for name, (url, digest) in CHECKPOINTS.items():
+        _download(url, base / "models" / name, digest)
+    for name, digest in FROST.items():
+        _download(_HENDRYCKS + name, base / "frost" / name, digest)
+    _fetch_cifar10(base)
+    return base
+
+
+def verify(root: str | os.PathLike | None = None) -> list[str]:
+    """Check every expected file; return one line per problem (empty when all is well)."""
+    base = data_dir(root)
+    problems = []
+    expected = [("models", n, d) for n, (_, d) in CHECKPOINTS.items()] + [("frost", n, d) for n, d in FROST.items()]
+    for folder, name, digest in expected:
+        path = base / folder / name
+        if not path.is_file():
+            problems.append(f"missing: {path}")
+        elif sha256(path) != digest:
+            problems.append(f"damaged (sha256 mismatch): {path}")
+    for split in ("train", "test"):
+        try:
+            load_cifar10(split, base)
+        except DataError as exc:
+            problems.append(str(exc))
+    return problems

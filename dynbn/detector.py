@@ -1,0 +1,131 @@
+"""Corruption detector: a 3-layer MLP over the normalised Fourier spectrum of each frame.
+
+``fit`` standardises the spectra (per-feature mean and std of the training set, stored
+in the detector) and trains the MLP with Adam and cross-entropy. The detector is a plain
+``nn.Module``: ``forward`` takes [0, 1] frames ``B x 3 x H x W`` and returns logits over
+its domains; ``predict_proba`` returns probabilities. ``save``/``load`` use safetensors
+with the domain list and the architecture in the metadata, so nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .spectrum import EPS, feature_dim, spectrum
+
+
+@dataclass
+class DetectorConfig:
+    """Architecture and training recipe (defaults used for every reported figure)."""
+
+    hidden: tuple[int, int] = (512, 256)
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    seed: int = 0
+
+
+class Detector(nn.Module):
+    """spectrum -> standardise -> Linear-ReLU-Linear-ReLU-Linear -> domain logits."""
+
+    def __init__(self, domains: list[str], height: int = 32, width: int = 32,
+                 hidden: tuple[int, int] = (512, 256), dropout: float = 0.1, eps: float = EPS) -> None:
+        super().__init__()
+        self.domains = list(domains)
+        self.height, self.width, self.eps = height, width, eps
+        dim = feature_dim(height, width)
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden[1], len(self.domains)),
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised flat spectra ``B x D`` of frames ``B x 3 x H x W``."""
+        if tuple(x.shape[-2:]) != (self.height, self.width):
+            raise ValueError(f"detector was trained on {self.height}x{self.width} frames, got {tuple(x.shape[-2:])}")
+        flat = spectrum(x, self.eps).flatten(1)  # B x 3*H*(W//2+1)
+        return (flat - self.feat_mean) / self.feat_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Domain probabilities ``B x len(domains)`` (eval mode)."""
+        self.eval()
+        return self(x).softmax(dim=1)
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the MLP for one frame (the FFT is counted separately)."""
+        return sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """safetensors with domains and architecture in the metadata."""
+        hidden = [m.out_features for m in self.mlp if isinstance(m, nn.Linear)][:2]
+        meta = {"domains": json.dumps(self.domains), "height": str(self.height), "width": str(self.width),
+                "hidden": json.dumps(hidden), "eps": repr(self.eps)}
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Detector":
+        """Load a saved detector; a wrong or damaged file raises ValueError naming it."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            state = load_file(str(path))
+            det = cls(json.loads(meta["domains"]), int(meta["height"]), int(meta["width"]),
+                      tuple(json.loads(meta["hidden"])), eps=float(meta["eps"]))
+            det.load_state_dict(state)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a dynbn detector file ({exc})") from exc
+        return det.eval()
+
+
+def fit(frames: torch.Tensor, labels: torch.Tensor, domains: list[str],
+        config: DetectorConfig = DetectorConfig(), log=None) -> Detector:
+    """Train a detector on frames ``N x 3 x H x W`` in [0, 1] with domain indices ``labels`` (N,)."""
+    torch.manual_seed(config.seed)
+    det = Detector(domains, frames.shape[-2], frames.shape[-1], config.hidden, config.dropout)
+    with torch.no_grad():
+        feats = torch.cat([spectrum(frames[i:i + 4096], det.eps).flatten(1) for i in range(0, len(frames), 4096)])
+        det.feat_mean.copy_(feats.mean(0))
+        det.feat_std.copy_(feats.std(0).clamp_min(1e-6))
+        feats = (feats - det.feat_mean) / det.feat_std
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(det.mlp.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * ((len(feats) + config.batch_size - 1) // config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
+    det.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(feats), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            loss = F.cross_entropy(det.mlp(feats[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if log:
+            log(f"detector epoch {epoch + 1}/{config.epochs}: loss {total / len(feats):.4f}")
+    return det.eval()
+
+
+def config_dict(config: DetectorConfig) -> dict:
+    """The config as plain JSON-able values (for reports)."""
+    return asdict(config)
