@@ -45,6 +45,8 @@ class Detector(nn.Module):
         dim = feature_dim(height, width)
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
+        # log-prior adjustment added to the logits; fitting.tune_clean_bias sets the clean entry
+        self.register_buffer("logit_bias", torch.zeros(len(self.domains)))
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Dropout(dropout),
@@ -59,7 +61,7 @@ class Detector(nn.Module):
         return (flat - self.feat_mean) / self.feat_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.features(x))
+        return self.mlp(self.features(x)) + self.logit_bias
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

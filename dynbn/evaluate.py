@@ -47,9 +47,9 @@ class ReproduceConfig:
 
     @classmethod
     def quick(cls, seed: int = 0) -> "ReproduceConfig":
-        det = DetectorConfig(epochs=20, seed=seed)
-        fit = FitConfig(detector_images=120, table_images=256, detector=det, seed=seed)
-        return cls(test_images=400, severities=(3, 5), k_sweep=(16, 64, 256), sweep_images=200, fit=fit)
+        det = DetectorConfig(epochs=15, batch_size=512, lr=2e-3, seed=seed)
+        fit = FitConfig(detector_images=400, table_images=256, detector=det, seed=seed)
+        return cls(test_images=400, severities=(3, 5), k_sweep=(16, 64, 256), sweep_images=100, fit=fit)
 
 
 def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None) -> torch.Tensor:
@@ -60,13 +60,13 @@ def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None
     return torch.cat(preds)
 
 
-def run_arms(arms: dict, x: torch.Tensor, y: torch.Tensor, domain: str, cfg: ReproduceConfig) -> dict[str, float]:
-    """Accuracy of every arm on one set of frames that all belong to ``domain``."""
+def run_arms(arms: dict, x: torch.Tensor, y: torch.Tensor, domain: str, cfg: ReproduceConfig) -> dict[str, torch.Tensor]:
+    """Per-frame correctness (bool tensor) of every arm on frames that all belong to ``domain``."""
     out = {}
     truth = [domain] * len(x)
     for name, method in arms.items():
         batch = cfg.bn_adapt_batch if name == "bn_adapt" else cfg.eval_batch
-        out[name] = (_batched(method, x, batch, truth) == y).float().mean().item()
+        out[name] = _batched(method, x, batch, truth) == y
     return out
 
 
@@ -91,18 +91,22 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
     for c in cfg.corruptions:
         for s in cfg.severities:
             x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost))
-            for arm, value in run_arms(arms, x, y, c, cfg).items():
-                acc[arm][(c, s)] = value
+            correct = run_arms(arms, x, y, c, cfg)
+            for arm, ok in correct.items():
+                acc[arm][(c, s)] = ok.float().mean().item()
             detected = _batched(lambda b, *_: detector(b), x, cfg.eval_batch)
             det_acc[(c, s)] = (detected == domains.index(c)).float().mean().item()
             np.add.at(confusion[domains.index(c)], detected.numpy(), 1)
             for k, tab in tables.items():
                 sub = {"oracle": DynBNOracle(model, tab), "dynbn": DynBNFrame(model, tab, detector)}
-                for arm, value in run_arms(sub, x[:cfg.sweep_images], y[:cfg.sweep_images], c, cfg).items():
-                    sweep[k][arm].append(value)
+                n = cfg.sweep_images
+                ok = ({a: correct[a][:n] for a in sub} if k == cfg.fit.table_images  # same table: reuse
+                      else run_arms(sub, x[:n], y[:n], c, cfg))
+                for arm, value in ok.items():
+                    sweep[k][arm].append(value.float().mean().item())
             log(f"{c:>18} s{s}: " + "  ".join(f"{a} {acc[a][(c, s)]:.3f}" for a in ARMS) + f"  detector {det_acc[(c, s)]:.3f}")
     clean_x = to_tensor(test.images)
-    clean = run_arms(arms, clean_x, y, CLEAN, cfg)
+    clean = {a: ok.float().mean().item() for a, ok in run_arms(arms, clean_x, y, CLEAN, cfg).items()}
     clean_detected = _batched(lambda b, *_: detector(b), clean_x, cfg.eval_batch)
     np.add.at(confusion[domains.index(CLEAN)], clean_detected.numpy(), 1)
     timings["evaluate_s"] = time.perf_counter() - t_eval

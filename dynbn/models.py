@@ -78,7 +78,8 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
 
 def checkpoint_path(depth: int, root: str | os.PathLike | None = None) -> Path:
@@ -107,7 +108,8 @@ def load_cifar_resnet(depth: int = 20, root: str | os.PathLike | None = None) ->
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise DataError(f"{path} does not fit ResNet-{depth}: {exc}") from exc
-    return Normalized(net).eval()
+    # channels-last convolutions run about 25 % faster on CPU (bench/model_speed.py)
+    return Normalized(net.to(memory_format=torch.channels_last)).eval()
 
 
 def torchvision_model(name: str, num_classes: int = 10, seed: int = 0, input_size: int = 32) -> Normalized:

@@ -1,8 +1,17 @@
-"""Adaptation methods, one class per file; all share ``Method``'s interface (see base.py)."""
+"""Adaptation methods, one class per file; all share ``Method``'s interface (see base.py).
+
+``registry.build_method(name, model, table=..., detector=...)`` builds any of them by name.
+"""
 
 from .base import Method, batch_statistics
 from .bn_adapt import BNAdapt
-from .dynbn import DynBNFrame, DynBNOracle
+from .bn_ema import BNEMA
+from .bn_prior import BNPrior
+from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
+from .registry import BASELINES, REGISTRY, build_method
 from .source import Source
+from .tent import Tent
+from .unmix_tns import UnMixTNS
 
-__all__ = ["Method", "batch_statistics", "BNAdapt", "DynBNFrame", "DynBNOracle", "Source"]
+__all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNOracle", "DynBNVote",
+           "Source", "Tent", "UnMixTNS", "REGISTRY", "BASELINES", "build_method"]

@@ -3,16 +3,20 @@
 ``DynBNFrame`` detects every frame's domain from its spectrum and normalises it with that
 domain's table entry (per-sample statistics, so batches may mix cameras and domains).
 ``DynBNOracle`` uses the true domain: the upper bound for any detector.
+``DynBNVote`` smooths the detector's guesses over time per camera (``dynbn.vote``): the
+deployed arm for streams.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..bn_table import BNTable
+from ..bn_table import BNTable, bn_layers
 from ..detector import Detector
 from ..per_sample import DomainSwitch
-from .base import Method
+from ..vote import DEFAULT_RULE, VoteRule, Votes
+from .base import Method, cameras_or_default
+from .norm_patch import patched_bn, rows_forward
 
 
 class DynBNOracle(Method):
@@ -54,3 +58,46 @@ class DynBNFrame(Method):
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         self.last_detected = self.detect(x)
         return self.switch.forward(x, self.last_detected)
+
+
+class DynBNVote(Method):
+    """Detect every frame's domain, smooth the guesses per camera with a vote, then swap statistics.
+
+    One detector forward for the whole batch; the vote (``dynbn.vote``) then walks the batch
+    in arrival order, each frame updating its own camera's state; the model runs once with
+    per-sample statistics of each frame's active domain. ``last_index`` holds the active
+    domain index per frame of the last batch (into ``detector.domains``).
+
+    The per-sample BN here is ``norm_patch.rows_forward``: the same arithmetic as
+    ``DomainSwitch`` but through plain BN's fused kernel, so a mixed batch costs what a
+    one-domain batch costs (the vote's budget is 10 % over ``source`` at B = 64).
+    """
+
+    name = "dynbn_vote"
+
+    def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE) -> None:
+        super().__init__(model)
+        missing = sorted(set(detector.domains) - set(table.domains))
+        if missing:
+            raise ValueError(f"the detector names domains {missing} that the BN table lacks")
+        table.check(model)
+        self.detector = detector.eval()
+        self.banks = {name: table.stacked(name, list(detector.domains)) for name in bn_layers(model)}  # D x C each
+        self.votes = Votes(rule, len(detector.domains))
+        self.last_index: torch.Tensor | None = None
+
+    @property
+    def rule(self) -> VoteRule:
+        return self.votes.rule
+
+    def reset(self) -> None:
+        self.votes.reset()
+        self.last_index = None
+
+    @torch.no_grad()
+    def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+        probs = self.detector(x).softmax(dim=1)
+        active = self.votes.update(cameras_or_default(cameras, len(x)), probs.double().numpy())
+        self.last_index = index = torch.from_numpy(active)
+        with patched_bn(self.model, lambda name, bn: rows_forward(bn, *self.banks[name], index)):
+            return self.model(x)

@@ -1,0 +1,200 @@
+"""The frequent-shift benchmark (``dynbn stream-bench``): every arm on the same streams.
+
+For each shift period N a stream of corrupted CIFAR-10 test frames is built (``dynbn.stream``:
+C cameras, period-N schedules joined at a random phase, one severity); for each batch size B
+the stream is cut into batches of B arrivals and every arm sees every batch, arms taking
+turns batch by batch (so a burst of load from another process hits all arms alike). Arms are
+``reset()`` before each (N, B). Reported per (N, B, arm): accuracy, accuracy in the first k
+frames after each shift, time per frame relative to ``source``, the switch delay of the arms
+that pick a domain per frame, and accuracy around a shift (for plots).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .domains import DEFAULT_DOMAINS
+from .methods import REGISTRY, build_method
+from .stream import Stream, build_stream, periodic_schedules
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark run; ``quick()`` is the few-minute variant."""
+
+    periods: tuple[int, ...] = (1, 4, 16, 64, 256)
+    batch_sizes: tuple[int, ...] = (1, 16, 64)
+    cameras: int = 1
+    frames: int = 4096            # arrivals per stream, all cameras together
+    severity: int = 5
+    seed: int = 0
+    first_k: int = 8              # "first k frames after a shift"
+    before: int = 8               # frames before a shift kept in the around-shift curves
+    after: int = 32               # frames after a shift kept in the around-shift curves
+    phase: bool = True
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    arms: tuple[str, ...] = tuple(REGISTRY)
+    arm_kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **kw) -> "BenchConfig":
+        return cls(frames=512, **kw)
+
+
+@dataclass
+class ArmRun:
+    """What one arm produced on one (stream, batch size)."""
+
+    preds: np.ndarray                      # T predicted classes
+    seconds: list[float]                   # per batch
+    active: np.ndarray | None = None       # T domain names' indices the arm used (dynbn arms)
+
+
+def _used_domains(method) -> torch.Tensor | None:
+    for attr in ("last_index", "last_detected"):
+        value = getattr(method, attr, None)
+        if value is not None:
+            return value
+    return None
+
+
+def run_combo(arms: dict, stream: Stream, batch_size: int, log=None) -> dict[str, ArmRun]:
+    """Every arm on every batch of the stream, in turns; returns their predictions and timings."""
+    runs = {name: ArmRun(np.full(len(stream), -1), [], None) for name in arms}
+    names = list(arms)
+    last_log = time.perf_counter()
+    for b, batch in enumerate(stream.batches(batch_size)):
+        for j in range(len(names)):
+            name = names[(b + j) % len(names)]  # rotate who goes first: no arm always meets a cold cache
+            t0 = time.perf_counter()
+            logits = arms[name](batch.x, batch.cameras, batch.truth)
+            runs[name].seconds.append(time.perf_counter() - t0)
+            runs[name].preds[batch.rows] = logits.argmax(1).numpy()
+            used = _used_domains(arms[name])
+            if used is not None:
+                if runs[name].active is None:
+                    runs[name].active = np.full(len(stream), -1)
+                runs[name].active[batch.rows] = used.numpy()
+        if log and time.perf_counter() - last_log > 30:
+            log(f"    ... {batch.rows.stop}/{len(stream)} frames")
+            last_log = time.perf_counter()
+    return runs
+
+
+def switch_delays(stream: Stream, correct_domain: np.ndarray) -> tuple[float, float, int]:
+    """Mean frames from a shift until the arm's domain is right, fraction of shifts where it gets there, shifts."""
+    delays, reached, shifts = [], 0, 0
+    for cam in np.unique(stream.camera):
+        rows = np.flatnonzero(stream.camera == cam)  # arrival order = the camera's own order
+        segs = stream.segment[rows]
+        for seg in np.unique(segs[segs > 0]):
+            hit = np.flatnonzero(correct_domain[rows[segs == seg]])
+            shifts += 1
+            if len(hit):
+                reached += 1
+                delays.append(int(hit[0]))
+    mean = float(np.mean(delays)) if delays else float("nan")
+    return mean, (reached / shifts if shifts else float("nan")), shifts
+
+
+def around_shift(stream: Stream, correct: np.ndarray, before: int, after: int) -> list[float | None]:
+    """Accuracy at offsets -before .. after-1 from a shift (offset 0: first frame of the new segment)."""
+    out = []
+    for offset in range(-before, after):
+        if offset < 0:  # the last frames of a segment that is followed by another
+            nxt = _has_next(stream)
+            mask = (stream.until_shift == -offset - 1) & nxt
+        else:
+            mask = (stream.since_shift == offset) & (stream.segment > 0)
+        out.append(float(correct[mask].mean()) if mask.any() else None)
+    return out
+
+
+def _has_next(stream: Stream) -> np.ndarray:
+    """Whether each frame's segment is followed by another one in its camera."""
+    last = {int(c): int(stream.segment[stream.camera == c].max()) for c in np.unique(stream.camera)}
+    return stream.segment < np.array([last[int(c)] for c in stream.camera])
+
+
+def time_per_frame(seconds: list[float], batch_size: int, frames: int) -> float:
+    """Median over batches of seconds per frame (robust to other processes' bursts)."""
+    sizes = np.minimum(batch_size, frames - batch_size * np.arange(len(seconds)))
+    return float(np.median(np.array(seconds) / sizes))
+
+
+def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: int, cfg: BenchConfig,
+              domain_names: list[str]) -> tuple[list[dict], dict]:
+    """Rows of the report for one (N, B) and the around-shift curves."""
+    src = runs.get("source")
+    first = (stream.since_shift < cfg.first_k) & (stream.segment > 0)
+    truth_names = np.array(stream.domains)[stream.domain]
+    rows, curves = [], {}
+    for arm, run in runs.items():
+        if (run.preds < 0).any():
+            raise RuntimeError(f"arm {arm} left {(run.preds < 0).sum()} frames without a prediction")
+        correct = run.preds == stream.labels
+        tpf = time_per_frame(run.seconds, batch_size, len(stream))
+        row = {"period": period, "batch_size": batch_size, "arm": arm, "accuracy": float(correct.mean()),
+               "frames": len(stream), "first_k": cfg.first_k,
+               "first_k_accuracy": float(correct[first].mean()) if first.any() else None,
+               "time_per_frame_ms": 1e3 * tpf}
+        if src is not None:
+            ratios = np.array(run.seconds) / np.array(src.seconds)
+            row["relative_time"] = float(np.median(ratios))
+            row["relative_time_total"] = float(sum(run.seconds) / sum(src.seconds))
+        if run.active is not None:
+            right = np.array(domain_names)[run.active] == truth_names
+            delay, reached, shifts = switch_delays(stream, right)
+            row.update(domain_accuracy=float(right.mean()), switch_delay=delay, switch_reached=reached, shifts=shifts)
+        rows.append(row)
+        curves[arm] = around_shift(stream, correct, cfg.before, cfg.after)
+    return rows, curves
+
+
+def make_arms(cfg: BenchConfig, model, table, detector) -> dict:
+    """Every arm of the run, on one shared model."""
+    return {name: build_method(name, model, table=table, detector=detector, **cfg.arm_kwargs.get(name, {}))
+            for name in cfg.arms}
+
+
+def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=print) -> dict:
+    """The whole benchmark on a test split (shuffled with the seed); returns the report dict."""
+    t_start = time.perf_counter()
+    pool = test.subset(None, cfg.seed)
+    arms = make_arms(cfg, model, table, detector)
+    rows, curves = [], {}
+    for period in cfg.periods:
+        rng = np.random.default_rng([cfg.seed, 20, period])
+        frames_per_camera = -(-cfg.frames // cfg.cameras)
+        schedules = periodic_schedules(cfg.domains, period, frames_per_camera, cfg.cameras, rng, cfg.severity, cfg.phase)
+        stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, "test")
+        for batch_size in cfg.batch_sizes:
+            t0 = time.perf_counter()
+            for arm in arms.values():
+                arm.reset()
+            runs = run_combo(arms, stream, batch_size, log)
+            combo_rows, combo_curves = summarise(stream, runs, period, batch_size, cfg, list(detector.domains))
+            rows += combo_rows
+            curves[f"{period}/{batch_size}"] = combo_curves
+            acc = {r["arm"]: r["accuracy"] for r in combo_rows}
+            log(f"N={period:<4} B={batch_size:<3} ({time.perf_counter() - t0:5.1f} s) "
+                + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
+    vote = arms.get("dynbn_vote")
+    return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
+            "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
+            "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
+            "curve_offsets": [-cfg.before, cfg.after - 1],
+            "vote_rule": asdict(vote.rule) if vote is not None else None,
+            "rows": rows, "curves": curves, "torch_threads": torch.get_num_threads(),
+            "bench_seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def register(subparsers) -> None:
+    """Add ``stream-bench`` and ``tune-vote`` to the dynbn CLI (see dynbn.stream_cli)."""
+    from .stream_cli import register as register_cli
+
+    register_cli(subparsers)

@@ -1,0 +1,174 @@
+"""CLI for the frequent-shift benchmark: ``dynbn stream-bench`` and ``dynbn tune-vote``.
+
+Both need a detector and a BN table: ``--artifacts DIR`` loads those written by
+``dynbn fit --out DIR``; without it they are fitted here from corrupted training images
+(small sets with ``--quick``) and saved under ``OUT/artifacts`` for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import data
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _rule(text: str):
+    from .vote import VoteRule
+
+    try:
+        w, m, h = text.split(",")
+        return VoteRule(int(w), float(m), int(h))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--vote-rule takes WINDOW,MARGIN,HOLD such as 2,0.3,1 ({exc})") from None
+
+
+def quick_fit(seed: int):
+    """The detector and table recipe of ``--quick``: the one ``dynbn reproduce --quick`` uses."""
+    from .evaluate import ReproduceConfig
+
+    return ReproduceConfig.quick(seed).fit
+
+
+def artifacts(args, model, out: Path, log=print):
+    """(detector, table, info): loaded from ``--artifacts`` or fitted now and saved under out/artifacts."""
+    from .bn_table import BNTable
+    from .detector import Detector
+    from .fitting import FitConfig, build
+
+    if args.artifacts:
+        src = Path(args.artifacts)
+        detector = Detector.load(src / "detector.safetensors")
+        table = BNTable.load(src / f"bn_table-{args.model}.safetensors", model)
+        return detector, table, {"artifacts": str(src)}
+    cfg = quick_fit(args.seed) if args.quick else FitConfig(seed=args.seed)
+    cfg.detector.seed = args.seed
+    train = data.load_cifar10("train", args.data_dir)
+    detector, tables, timings = build(model, train, cfg, data.frost_dir(args.data_dir), log=log)
+    table = tables[cfg.table_images]
+    dest = out / "artifacts"
+    dest.mkdir(parents=True, exist_ok=True)
+    detector.save(dest / "detector.safetensors")
+    table.save(dest / f"bn_table-{args.model}.safetensors")
+    log(f"fitted detector and BN table ({ {k: round(v) for k, v in timings.items()} } s); saved to {dest}")
+    return detector, table, {"fit": asdict(cfg), "fit_seconds": {k: round(v, 1) for k, v in timings.items()},
+                             "saved_to": str(dest)}
+
+
+def cmd_stream_bench(args) -> int:
+    from .models import build_model
+    from .stream_bench import BenchConfig, run_bench
+    from .stream_plots import write_plots
+    from .stream_report import stream_markdown
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = dict(periods=args.periods, batch_sizes=args.batch_sizes, cameras=args.cameras, severity=args.severity,
+              seed=args.seed, phase=not args.no_phase)
+    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    if args.frames:
+        cfg.frames = args.frames
+    if args.arms:
+        cfg.arms = tuple(a.strip() for a in args.arms.split(","))
+    model = build_model(args.model, args.data_dir)
+    detector, table, info = artifacts(args, model, out, log)
+    if args.tune_vote:
+        tuning = _tune(args, model, table, detector, out, log)
+        cfg.arm_kwargs = {"dynbn_vote": {"rule": _rule_from(tuning)}, "bn_ema": {"momentum": tuning["bn_ema_momentum"]}}
+    if args.vote_rule:
+        cfg.arm_kwargs.setdefault("dynbn_vote", {})["rule"] = args.vote_rule
+    test = data.load_cifar10("test", args.data_dir)
+    result = run_bench(cfg, model, table, detector, test, data.frost_dir(args.data_dir), log)
+    result.update(info, model=args.model, command="dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                  total_seconds=round(time.perf_counter() - start, 1))
+    (out / "stream_bench.json").write_text(json.dumps(result, indent=1))
+    (out / "stream_bench.md").write_text(stream_markdown(result))
+    plots = write_plots(result, out)
+    log(f"wrote {out / 'stream_bench.json'}, {out / 'stream_bench.md'} and {len(plots)} plots "
+        f"in {result['total_seconds']:.0f} s")
+    return 0
+
+
+def _rule_from(tuning: dict):
+    from .vote import VoteRule
+
+    return VoteRule(**tuning["best_rule"])
+
+
+def _tune(args, model, table, detector, out: Path, log) -> dict:
+    from .stream_tune import TuneConfig, tune
+
+    cfg = TuneConfig.quick(seed=args.seed, severity=args.severity) if args.quick else \
+        TuneConfig(seed=args.seed, severity=args.severity)
+    train = data.load_cifar10("train", args.data_dir)
+    result = tune(cfg, model, table, detector, train, data.frost_dir(args.data_dir), log)
+    (out / "vote_tuning.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_tune_vote(args) -> int:
+    from .models import build_model
+
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(args.model, args.data_dir)
+    detector, table, _ = artifacts(args, model, out, log)
+    result = _tune(args, model, table, detector, out, log)
+    r = result["best_rule"]
+    log(f"DEFAULT_RULE = VoteRule(window={r['window']}, margin={r['margin']}, hold={r['hold']})  # dynbn/vote.py")
+    log(f"MOMENTUM = {result['bn_ema_momentum']}  # dynbn/methods/bn_ema.py")
+    log(f"wrote {out / 'vote_tuning.json'} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def _shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help=f"data directory (default: ${data.ENV_VAR} or {data.DEFAULT_DIR})")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--severity", type=int, choices=range(1, 6), default=5, help="corruption severity (default 5)")
+    p.add_argument("--artifacts", default=None, help="folder written by `dynbn fit --out` (default: fit here)")
+    p.add_argument("--quick", action="store_true", help="small fit and few frames (minutes)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: with 2, torch collapses when another process holds a core)")
+    p.add_argument("--out", required=True)
+
+
+def register(subparsers) -> None:
+    """Add ``stream-bench`` and ``tune-vote`` to the ``dynbn`` command."""
+    p = subparsers.add_parser("stream-bench", help="dynbn vs test-time adaptation on streams with frequent shifts")
+    _shared(p)
+    p.add_argument("--periods", type=_ints, default=(1, 4, 16, 64, 256), help="shift periods N (default 1,4,16,64,256)")
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 16, 64), help="batch sizes B (default 1,16,64)")
+    p.add_argument("--cameras", type=int, default=1, help="cameras, each with its own schedule (default 1)")
+    p.add_argument("--frames", type=int, default=None, help="arrivals per stream (default 4096; 512 with --quick)")
+    p.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
+    p.add_argument("--no-phase", action="store_true", help="every camera starts at a segment boundary")
+    p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD overriding the tuned vote rule")
+    p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
+    p.set_defaults(func=cmd_stream_bench)
+
+    p = subparsers.add_parser("tune-vote", help="tune the vote rule and bn_ema's momentum on training streams")
+    _shared(p)
+    p.set_defaults(func=cmd_tune_vote)

@@ -1,0 +1,123 @@
+"""Temporal vote per camera: smooth the detector's per-frame guesses before swapping statistics.
+
+The detector errs on single frames; a camera's corruption persists for a while. Each camera
+keeps a sliding window of the detector's probabilities and an *active* domain, the one its
+frames are normalised with. The rule (window W, margin M, hold H):
+
+- score = mean of the probability vectors in the window (the current frame included);
+- the leader is the top-scoring domain; it *leads* when ``score[leader] - score[active] >= M``
+  and ``leader != active``;
+- the active domain switches to the leader once the same leader has led on H consecutive
+  frames; any frame where it does not lead resets the count.
+
+The first frame of a camera sets the active domain to its leader (no state to keep yet).
+W=1, M=0, H=1 is per-frame argmax, i.e. ``dynbn_frame``. Decisions depend only on the camera's
+own frames, in arrival order, never on batch boundaries or other cameras.
+
+``DEFAULT_RULE`` holds the values tuned on streams of corrupted TRAINING images
+(``dynbn tune-vote``, module ``dynbn.stream_tune``); the test split is never used for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VoteRule:
+    """Window length W (frames), lead margin M (probability), hold H (consecutive frames)."""
+
+    window: int = 1
+    margin: float = 0.0
+    hold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.hold < 1:
+            raise ValueError(f"window and hold must be >= 1, got window={self.window}, hold={self.hold}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"margin is a probability difference in [0, 1), got {self.margin}")
+
+
+# Tuned by `dynbn tune-vote --quick --seed 0` (dynbn.stream_tune): grid search over window,
+# margin and hold on streams of corrupted TRAINING images (severity 5, periods 1, 4, 16, 64,
+# 256, weighted equally), scoring each rule by the classifier's expected accuracy with the
+# statistics the rule selects. See runs/vote_tuning/vote_tuning.json for the full grid.
+DEFAULT_RULE = VoteRule(window=1, margin=0.3, hold=1)
+
+
+@dataclass
+class CameraVote:
+    """One camera's explicit state: the window of probabilities and the switching bookkeeping."""
+
+    domains: int
+    window: int
+    probs: np.ndarray = field(init=False)      # window x domains ring buffer
+    seen: int = 0                              # frames processed so far
+    active: int = -1                           # domain index in use (-1 before the first frame)
+    candidate: int = -1                        # leader currently accumulating evidence
+    count: int = 0                             # consecutive frames the candidate has led
+    switches: int = 0
+
+    def __post_init__(self) -> None:
+        self.probs = np.zeros((self.window, self.domains), dtype=np.float64)
+
+    def score(self) -> np.ndarray:
+        """Mean probability per domain over the filled part of the window."""
+        filled = min(self.seen, self.window)
+        return self.probs[:filled].sum(axis=0) / filled
+
+
+def step(state: CameraVote, rule: VoteRule, p: np.ndarray) -> int:
+    """Feed one frame's probabilities (D,) to a camera; returns the active domain for that frame."""
+    state.probs[state.seen % rule.window] = p
+    state.seen += 1
+    score = state.score()
+    leader = int(score.argmax())
+    if state.active < 0:
+        state.active = leader
+        return leader
+    if leader != state.active and score[leader] - score[state.active] >= rule.margin:
+        state.count = state.count + 1 if leader == state.candidate else 1
+        state.candidate = leader
+        if state.count >= rule.hold:
+            state.active, state.candidate, state.count = leader, -1, 0
+            state.switches += 1
+    else:
+        state.candidate, state.count = -1, 0
+    return state.active
+
+
+class Votes:
+    """The vote states of every camera seen so far; ``update`` processes a batch in arrival order."""
+
+    def __init__(self, rule: VoteRule, domains: int) -> None:
+        if rule.window < 1:
+            raise ValueError(f"bad rule {rule}")
+        self.rule, self.domains = rule, domains
+        self.cameras: dict[Hashable, CameraVote] = {}
+
+    def reset(self) -> None:
+        self.cameras = {}
+
+    def state(self, camera: Hashable) -> CameraVote:
+        if camera not in self.cameras:
+            self.cameras[camera] = CameraVote(self.domains, self.rule.window)
+        return self.cameras[camera]
+
+    def update(self, cameras: Sequence[Hashable], probs: np.ndarray) -> np.ndarray:
+        """Active domain per frame (B,) for probabilities ``probs`` (B x D) of frames from ``cameras``."""
+        if probs.shape != (len(cameras), self.domains):
+            raise ValueError(f"probabilities of shape {probs.shape} for {len(cameras)} frames and {self.domains} domains")
+        out = np.empty(len(cameras), dtype=np.int64)
+        for i, cam in enumerate(cameras):  # arrival order: a camera's frames are processed as they came
+            out[i] = step(self.state(cam), self.rule, probs[i])
+        return out
+
+
+def replay(rule: VoteRule, probs: np.ndarray) -> np.ndarray:
+    """Active domain per frame of one camera's probability sequence (T x D): for tuning and tests."""
+    votes = Votes(rule, probs.shape[1])
+    return votes.update([0] * len(probs), probs)
