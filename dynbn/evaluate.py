@@ -145,6 +145,7 @@ def _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, swe
         "k_sweep": {str(k): {arm: _mean(v) for arm, v in d.items()} for k, d in sweep.items()},
         "fit": {"detector_images_per_corruption_severity": cfg.fit.detector_images,
                 "table_images": cfg.fit.table_images, "sweep_images": cfg.sweep_images},
+        "clean_bias": timings.pop("clean_bias_evidence", None),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "torch_threads": torch.get_num_threads(),
     }

@@ -36,6 +36,8 @@ class FitConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tune_per_severity: int = 40     # held-out frames per domain and severity for tune_clean_bias
     clean_tolerance: float = 0.0    # clean frames may lose at most this accuracy against the checkpoint
+    bias_slack: float = 0.002       # corrupted accuracy given up for a larger (safer) clean bias
+    clean_recall: float = 0.97      # share of held-out clean frames that must keep the checkpoint's statistics
     seed: int = 0
 
 
@@ -112,7 +114,8 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
     under a wrong corruption's table. A bias b on the clean logit keeps the checkpoint's
     statistics unless another domain leads by more than b. Pick the b that maximises
     accuracy on held-out corrupted frames while clean frames lose at most
-    ``clean_tolerance`` against the checkpoint. Only two tables can win for a frame (clean
+    ``clean_tolerance`` against the checkpoint and at least ``clean_recall`` of them keep
+    its statistics (accuracy on a few hundred frames is too noisy a guard on its own). Only two tables can win for a frame (clean
     or its best other domain), so two forwards per frame score every b.
     """
     from .per_sample import DomainSwitch
@@ -136,14 +139,19 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
     ok_clean = switch.forward(x, torch.full((len(x),), clean)).argmax(1) == labels
     ok_other = switch.forward(x, others.argmax(1)).argmax(1) == labels
     is_clean = domains == clean
-    best, evidence = 0.0, {}
+    evidence = {}
     for b in np.arange(0.0, 8.01, 0.25):
         ok = torch.where(margin + b > 0, ok_clean, ok_other)
         corrupted, clean_acc = ok[~is_clean].float().mean().item(), ok[is_clean].float().mean().item()
-        evidence[f"{b:.2f}"] = {"corrupted": corrupted, "clean": clean_acc}
+        recall = (margin[is_clean] + b > 0).float().mean().item()
+        evidence[f"{b:.2f}"] = {"corrupted": corrupted, "clean": clean_acc, "clean_recall": recall}
     target = ok_clean[is_clean].float().mean().item() - cfg.clean_tolerance
-    allowed = [b for b, e in evidence.items() if e["clean"] >= target] or [max(evidence, key=float)]
-    best = max(allowed, key=lambda b: (evidence[b]["corrupted"], -float(b)))
+    allowed = [b for b, e in evidence.items() if e["clean"] >= target and e["clean_recall"] >= cfg.clean_recall]
+    allowed = allowed or [max(evidence, key=float)]
+    top = max(evidence[b]["corrupted"] for b in allowed)
+    # the corrupted-accuracy curve is flat near its top: take the largest bias on that plateau,
+    # which protects clean frames most for (almost) no loss on corrupted ones
+    best = max((b for b in allowed if evidence[b]["corrupted"] >= top - cfg.bias_slack), key=float)
     return float(best), {"chosen": float(best), "source_clean": target + cfg.clean_tolerance, "grid": evidence}
 
 
@@ -167,6 +175,7 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
         bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images], held_out, cfg, frost_dir)
         detector.logit_bias[cfg.domains.index(CLEAN)] = bias
         timings["clean_bias"] = bias
+        timings["clean_bias_evidence"] = evidence
         log(f"clean logit bias {bias:.2f} (held-out clean {evidence['grid'][f'{bias:.2f}']['clean']:.3f}, "
             f"checkpoint {evidence['source_clean']:.3f}; corrupted {evidence['grid'][f'{bias:.2f}']['corrupted']:.3f})")
     timings["tune_s"] = time.perf_counter() - t0
