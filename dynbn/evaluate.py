@@ -37,7 +37,7 @@ class ReproduceConfig:
     corruptions: tuple[str, ...] = BENCHMARK
     bn_adapt_batch: int = 200
     k_sweep: tuple[int, ...] = (16, 64, 256, 1024)
-    sweep_images: int = 1000        # test frames per corruption/severity for the K sweep
+    sweep_images: int = 500         # test frames per corruption/severity for the K sweep
     eval_batch: int = 500
     fit: FitConfig = field(default_factory=FitConfig)
 

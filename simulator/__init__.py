@@ -1,0 +1,1 @@
+"""The camera simulator: frame sources, shift schedules, corruption, and the publisher."""

@@ -1,0 +1,1 @@
+"""The streaming service: wire format, transports (Redis / in memory), worker, report, scenarios."""

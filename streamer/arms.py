@@ -1,0 +1,125 @@
+"""Arms by name: build the methods a scenario compares, each on its own copy of the model.
+
+Names and constructors come from ``dynbn.methods.registry``. Each arm gets its own deep
+copy of the model (and detector), so stateful arms never see each other's changes and
+arms run side by side on the same batch.
+
+Per-camera state that travels: dynbn_vote's vote state (``dynbn.vote.CameraVote``, a few
+hundred bytes) is exported here as JSON, and any arm may implement
+``export_state(camera) -> dict`` / ``import_state(camera, dict)``; the worker commits each
+camera's state with its results, so a worker that takes a camera over resumes it exactly.
+Arms without either (bn_ema, tent: model-sized state) keep their per-camera state in the
+worker only: after a hand-over the new owner starts that camera from the arm's initial
+state, so their results after a worker failure differ from an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import torch
+
+from dynbn.methods.registry import REGISTRY, build_method
+
+
+def available() -> list[str]:
+    """Every arm name this installation can build (``dynbn.methods.registry``)."""
+    return list(REGISTRY)
+
+
+def build_arms(names: list[str], model: torch.nn.Module, table, detector, vote: dict | None = None,
+               device: str = "cpu") -> dict:
+    """name -> method, in the order given; ``vote`` holds the dynbn_vote rule (window, margin, hold)."""
+    arms = {}
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown arm {name!r}; available: {', '.join(available())}")
+        own = copy.deepcopy(model).to(device).eval()
+        det = copy.deepcopy(detector).to(device).eval() if detector is not None else None
+        kw = _vote_kwargs(vote) if name == "dynbn_vote" else {}
+        arms[name] = build_method(name, own, table=table, detector=det, **kw)
+    return arms
+
+
+def _vote_kwargs(vote: dict | None) -> dict:
+    """Scenario ``vote: {window, margin, hold}`` -> ``rule=VoteRule(...)`` (empty: the tuned default)."""
+    if not vote:
+        return {}
+    from dynbn.vote import VoteRule
+
+    return {"rule": VoteRule(**vote)}
+
+
+def detected(arm) -> list[str] | None:
+    """Domain names the arm used for the last batch (None for arms that do not detect)."""
+    names = getattr(arm, "last_domains", None)
+    if names is not None:
+        return list(names)
+    index = getattr(arm, "last_index", None)
+    if index is None:
+        index = getattr(arm, "last_detected", None)
+    domains = getattr(getattr(arm, "detector", None), "domains", None)
+    if index is None or domains is None:
+        return None
+    return [domains[int(i)] for i in index]
+
+
+def _votes(arm):
+    """The per-camera vote states of a dynbn_vote arm (``dynbn.vote.Votes``), else None."""
+    votes = getattr(arm, "votes", None)
+    return votes if votes is not None and hasattr(votes, "cameras") and hasattr(votes, "state") else None
+
+
+def export_state(arm, camera: str) -> dict | None:
+    """JSON-able state of one camera in one arm: the arm's own ``export_state``, or a vote's fields."""
+    if hasattr(arm, "export_state"):
+        return arm.export_state(camera)
+    votes = _votes(arm)
+    if votes is None or camera not in votes.cameras:
+        return None
+    v = votes.cameras[camera]
+    return {"probs": v.probs.tolist(), "seen": v.seen, "active": v.active, "candidate": v.candidate,
+            "count": v.count, "switches": v.switches}
+
+
+def import_state(arm, camera: str, state: dict) -> None:
+    if hasattr(arm, "import_state"):
+        arm.import_state(camera, state)
+        return
+    votes = _votes(arm)
+    if votes is not None:
+        v = votes.state(camera)
+        v.probs = np.asarray(state["probs"], dtype=np.float64).reshape(v.probs.shape)
+        v.seen, v.active, v.candidate = int(state["seen"]), int(state["active"]), int(state["candidate"])
+        v.count, v.switches = int(state["count"]), int(state["switches"])
+
+
+def export_states(arms: dict, cameras) -> dict[str, str]:
+    """camera -> JSON of every exportable arm's state for that camera."""
+    out = {}
+    for cam in sorted(set(cameras)):
+        states = {name: st for name, arm in arms.items() if (st := export_state(arm, cam)) is not None}
+        if states:
+            out[cam] = json.dumps(states)
+    return out
+
+
+def import_states(arms: dict, states: dict[str, str]) -> None:
+    """Restore per-camera states committed by whichever worker owned the cameras before."""
+    for cam, blob in states.items():
+        for name, state in json.loads(blob).items():
+            if name in arms:
+                import_state(arms[name], cam, state)
+
+
+def forget(arms: dict, cameras) -> None:
+    """Drop local state of cameras this worker no longer owns (the next owner has the committed one)."""
+    for arm in arms.values():
+        votes = _votes(arm)
+        for cam in cameras:
+            if hasattr(arm, "forget"):
+                arm.forget(cam)
+            elif votes is not None:
+                votes.cameras.pop(cam, None)

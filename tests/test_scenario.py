@@ -1,0 +1,121 @@
+"""Scenario files: the shipped ones load, bad values are all reported, schedules follow the spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from simulator.strategies import schedule_specs
+from streamer.scenario import SCENARIO_DIR, ScenarioError, cut, load, parse, resolve, shipped
+from dynbn.schedule import explicit
+
+
+@pytest.mark.parametrize("name", ["default", "frequent-shifts", "many-cameras", "video", "acceptance"])
+def test_shipped_scenarios_load(name):
+    assert name in shipped()
+    scn = load(resolve(name))
+    assert scn.total_frames == scn.cameras * scn.frames_per_camera
+    assert all(len(scn.schedule_for(c)) == scn.frames_per_camera for c in range(min(scn.cameras, 4)))
+
+
+def test_default_resolves_without_a_name():
+    assert resolve(None) == SCENARIO_DIR / "default.yaml"
+
+
+def test_every_bad_value_is_listed(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("cameras: 0\ncorruptions: [fgo]\nseverities: [9]\narms: [nope]\nbatch: {size: 0}\nextra: 1\n")
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    text = str(err.value)
+    for needle in ("cameras", "fgo", "severities", "nope", "batch.size", "extra", "6 problem"):
+        assert needle in text
+
+
+def test_json_and_bad_files(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"name": "j", "cameras": 2, "frames_per_camera": 5}))
+    assert load(tmp_path / "s.json").cameras == 2
+    (tmp_path / "broken.yaml").write_text("cameras: [1\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load(tmp_path / "broken.yaml")
+    with pytest.raises(ScenarioError, match="not found"):
+        load(tmp_path / "missing.yaml")
+    with pytest.raises(ScenarioError, match="explicit segment domain"):
+        parse({"corruptions": ["fog"], "schedule": {"kind": "explicit", "segments": [["snow", 4]]}})
+    with pytest.raises(ScenarioError, match="min_len"):
+        parse({"schedule": {"kind": "random", "min_len": 9, "max_len": 3}})
+
+
+def test_periodic_schedule_shifts_every_period_and_cameras_differ():
+    scn = parse({"cameras": 3, "frames_per_camera": 64, "schedule": {"kind": "periodic", "period": 16},
+                 "corruptions": ["clean", "fog", "contrast"]})
+    per_cam = [scn.schedule_for(c) for c in range(3)]
+    assert all(s.boundaries() == [16, 32, 48] for s in per_cam)
+    assert len({tuple(seg.domain for seg in s.segments) for s in per_cam}) > 1
+
+
+def test_cut_repeats_and_truncates():
+    s = cut(explicit([("fog", 3), ("clean", 2)]), 9)
+    assert [(x.domain, x.length) for x in s.segments] == [("fog", 3), ("clean", 2), ("fog", 3), ("clean", 1)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(spec=schedule_specs())
+def test_generated_schedule_specs_cover_exactly_the_frames(spec):
+    scn = parse({"cameras": 2, "frames_per_camera": 37, "schedule": spec,
+                 "corruptions": ["clean", "gaussian_noise", "contrast"]})
+    for c in range(2):
+        sched = scn.schedule_for(c)
+        assert len(sched) == 37
+        assert all(seg.domain in scn.corruptions for seg in sched.segments)
+
+
+def test_embedded_run_writes_the_report_contract(tmp_path, tmp_path_factory, data_dir, capsys):
+    """`dynbn scenario run FILE --out DIR` with no Redis: in-memory transport, report files, table printed."""
+    import torch
+    from streaming import artifacts_root, write_scenario
+
+    from dynbn.cli import main
+
+    threads = torch.get_num_threads()
+    path = write_scenario(tmp_path, frames_per_camera=16)
+    out = tmp_path / "out"
+    try:
+        code = main(["scenario", "run", str(path), "--out", str(out), "--threads", "1",
+                     "--artifacts", str(artifacts_root(tmp_path_factory)), "--data-dir", str(data_dir)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["transport"] == "memory" and rep["frames_published"] == 48 and rep["dead_letters"] == 0
+    assert set(rep["results"]) == {"source", "dynbn_vote"}
+    assert all(r["frames"] == 48 and 0 <= r["accuracy"] <= 1 for r in rep["results"].values())
+    assert rep["latency_ms"]["p99"] >= rep["latency_ms"]["p50"] > 0 and rep["throughput_fps"] > 0
+    for name in ("report.md", "accuracy_over_time.png", "accuracy_per_arm.png"):
+        assert (out / name).stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "| dynbn_vote | 48 |" in printed and "report.md" in printed
+
+
+def test_video_scenario_scores_agreement_with_clean_predictions(tmp_path, tmp_path_factory, data_dir):
+    import torch
+    from streaming import artifacts_root, tiny
+
+    from simulator.sources import write_demo_video
+    from streamer.runner import run_scenario
+
+    video = write_demo_video(tmp_path / "clip.mp4", frames=30, root=data_dir)
+    scn = tiny(cameras=2, frames_per_camera=12, source={"kind": "video", "path": str(video)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rep = run_scenario(scn, tmp_path / "out", artifacts=artifacts_root(tmp_path_factory), data_dir=data_dir,
+                           log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert rep["label_kind"] == "model" and rep["results"]["source"]["frames"] == 24
+    clean = rep["results"]["source"]["per_domain"].get("clean")
+    assert clean is None or clean == 1.0   # source on an uncorrupted frame agrees with itself
+    assert "agreement with the model's prediction" in (tmp_path / "out" / "report.md").read_text()

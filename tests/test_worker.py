@@ -1,0 +1,115 @@
+"""Worker (in-memory transport): one result per frame and arm, dead letters, hand-over, SIGTERM."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from streaming import one_torch_thread, arms_for, artifacts_root, tiny
+
+from simulator.publisher import Publisher
+from simulator.sources import CifarSource
+from simulator.strategies import scenarios
+from streamer.report import parse_results
+from streamer.transport import MemoryTransport
+from streamer.wire import FrameMessage
+from streamer.worker import Worker
+
+__all__ = ["one_torch_thread"]  # autouse fixture
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir):
+    return {"root": artifacts_root(tmp_path_factory), "data_dir": data_dir, "source": CifarSource("test", 0, data_dir)}
+
+
+def run(scn, env, batch=None, transport=None, **kw):
+    """Publish a scenario, consume it with one worker until done; returns (transport, worker)."""
+    t = transport or MemoryTransport(scn.partitions)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    w = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=batch or scn.batch.size,
+               max_wait_ms=scn.batch.max_wait_ms, **kw)
+    w.startup()
+    w.run(until_done=True)
+    w.shutdown()
+    return t, w
+
+
+def preds(t):
+    return {(r.camera, r.seq): r.preds for r in parse_results(t.results())}
+
+
+def test_every_frame_gets_one_result_with_every_arm(env):
+    scn = tiny()
+    t, w = run(scn, env)
+    results = parse_results(t.results())
+    assert sorted((r.camera, r.seq) for r in results) == sorted((c, s) for c in scn.camera_ids for s in range(24))
+    assert all(set(r.preds) == {"source", "dynbn_vote"} and "dynbn_vote" in r.detected for r in results)
+    assert t.backlog() == (0, 0) and w.counters["results"] == 72 and w.counters["dead"] == 0
+
+
+def test_malformed_and_poison_entries_are_dead_lettered(env):
+    scn = tiny(cameras=1, frames_per_camera=4)
+    t = MemoryTransport(scn.partitions)
+    good = FrameMessage.from_frame("cam00", 99, env["source"].take(0, 0, 1)[0][0], time.time()).to_fields()
+    t.publish(0, {**good, "shape": "32,32,1"})
+    t.publish(0, {**good, "payload": good["payload"][:10]})
+    t.publish(0, {k: v for k, v in good.items() if k != "truth"})
+    t.publish(0, {**good, "payload": FrameMessage.from_frame("cam00", 1, env["source"].take(0, 0, 1)[0][0].repeat(2, 0).repeat(2, 1), 0.0).payload, "shape": "64,64,3"})
+    t.publish(1, good)
+    for _ in range(3):  # three workers died on it: the next claim is its fourth delivery
+        t.read([1], "ghost", 10, 1) or t.claim(1, "ghost")
+    t, w = run(scn, env, transport=t, max_deliveries=3)
+    reasons = sorted(d["reason"] for d in t.dead_letters())
+    assert len(reasons) == 5 and len(t.results()) == 4
+    for needle in ("shape (32, 32, 1)", "raw payload has 10 bytes", "missing field 'truth'",
+                   "the model takes (32, 32, 3)", "delivered 4 times"):
+        assert any(needle in r for r in reasons), (needle, reasons)
+
+
+def test_handover_resumes_vote_state_exactly(env):
+    scn = tiny(cameras=2, frames_per_camera=40, partitions=1)
+    reference = preds(run(scn, env)[0])
+    t = MemoryTransport(1)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    first = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=8, lease_ms=300, name="first")
+    first.startup()
+    for _ in range(3):
+        first._balance()
+        first._process(first._take_batch())
+    first._take_batch()          # read a batch, then die before committing it
+    first.stop.set()             # heartbeat stops; its lease lapses, nothing is released
+    time.sleep(0.4)
+    heir = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=8, lease_ms=300, name="heir")
+    heir.startup()
+    heir.run(until_done=True)
+    heir.shutdown()
+    assert heir.counters["claimed"] == 8
+    assert preds(t) == reference     # same predictions, vote included, as without the failure
+
+
+def test_stop_finishes_and_acks_the_batch_in_hand(env):
+    scn = tiny(cameras=3, frames_per_camera=200)
+    t = MemoryTransport(scn.partitions)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    w = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=16)
+    w.startup()
+    th = threading.Thread(target=w.run)
+    th.start()
+    while t.counts()[0] < 32:
+        time.sleep(0.01)
+    w.stop.set()
+    th.join(10)
+    w.shutdown()
+    undelivered, pending = t.backlog()
+    assert pending == 0 and undelivered > 0 and t.counts()[0] == w.counters["results"]
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scn=scenarios(max_cameras=3, max_frames=20))
+def test_predictions_do_not_depend_on_batch_composition(env, scn):
+    one = preds(run(scn, env, batch=1)[0])
+    assert len(one) == scn.total_frames
+    assert preds(run(scn, env)[0]) == one
