@@ -42,7 +42,7 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
-        return cls(frames=512, **kw)
+        return cls(frames=256, **kw)
 
 
 @dataclass
@@ -155,6 +155,18 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
     return rows, curves
 
 
+def pooled_times(ratios: dict[tuple[int, str], list[float]]) -> dict[str, dict]:
+    """Per batch size and arm: median over the batches of every period of (arm time / source time).
+
+    Compute per frame does not depend on N, and a quick run has few batches per (N, B) at
+    B = 64 (4 of them), too few for a median to shrug off another process's burst.
+    """
+    out: dict[str, dict] = {}
+    for (b, arm), values in ratios.items():
+        out.setdefault(str(b), {})[arm] = {"relative_time": float(np.median(values)), "batches": len(values)}
+    return out
+
+
 def make_arms(cfg: BenchConfig, model, table, detector) -> dict:
     """Every arm of the run, on one shared model."""
     return {name: build_method(name, model, table=table, detector=detector, **cfg.arm_kwargs.get(name, {}))
@@ -166,7 +178,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
     t_start = time.perf_counter()
     pool = test.subset(None, cfg.seed)
     arms = make_arms(cfg, model, table, detector)
-    rows, curves = [], {}
+    rows, curves, ratios = [], {}, {}
     for period in cfg.periods:
         rng = np.random.default_rng([cfg.seed, 20, period])
         frames_per_camera = -(-cfg.frames // cfg.cameras)
@@ -177,6 +189,9 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             for arm in arms.values():
                 arm.reset()
             runs = run_combo(arms, stream, batch_size, log)
+            if "source" in runs:
+                for arm, run in runs.items():
+                    ratios.setdefault((batch_size, arm), []).extend(np.array(run.seconds) / np.array(runs["source"].seconds))
             combo_rows, combo_curves = summarise(stream, runs, period, batch_size, cfg, list(detector.domains))
             rows += combo_rows
             curves[f"{period}/{batch_size}"] = combo_curves
@@ -189,7 +204,9 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
             "curve_offsets": [-cfg.before, cfg.after - 1],
             "vote_rule": asdict(vote.rule) if vote is not None else None,
-            "rows": rows, "curves": curves, "torch_threads": torch.get_num_threads(),
+            "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
+            "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
+            "torch_threads": torch.get_num_threads(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
 
 

@@ -36,12 +36,23 @@ def accuracy_vs_period(r: dict, out: Path) -> list[Path]:
     return paths
 
 
+def _shifts(r: dict, period: int) -> int:
+    return max((row.get("shifts", 0) for row in r["rows"] if row["period"] == period), default=0)
+
+
+def curve_period(r: dict) -> int:
+    """N = 64 when its stream has >= 32 shifts (curves reach 32 frames past a shift), else the
+    smallest N >= 16 (the most shifts among periods long enough to show a recovery)."""
+    if 64 in r["periods"] and _shifts(r, 64) >= 32:
+        return 64
+    return min((n for n in r["periods"] if n >= 16), default=max(r["periods"]))
+
+
 def around_shift(r: dict, out: Path) -> list[Path]:
-    """Accuracy against frames since a shift, for the largest period <= 64 (one panel per batch size)."""
-    periods = [n for n in r["periods"] if n <= 64] or r["periods"]
-    period = max(periods)
+    """Accuracy against frames since a shift, one panel per batch size (period: ``curve_period``)."""
+    period = curve_period(r)
     lo, hi = r["curve_offsets"]
-    offsets = list(range(lo, hi + 1))
+    offsets = [o for o in range(lo, hi + 1) if o < period]
     fig, axes = plt.subplots(1, len(r["batch_sizes"]), figsize=(5 * len(r["batch_sizes"]), 4), squeeze=False)
     for ax, b in zip(axes[0], r["batch_sizes"]):
         curves = r["curves"].get(f"{period}/{b}", {})
@@ -52,7 +63,7 @@ def around_shift(r: dict, out: Path) -> list[Path]:
         ax.axvline(-0.5, color="red", lw=0.8)
         ax.set_xlabel("frames since the shift (camera's own frames)")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"N={period}, B={b}")
+        ax.set_title(f"N={period}, B={b} ({_shifts(r, period)} shifts)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()

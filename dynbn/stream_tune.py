@@ -51,7 +51,7 @@ class TuneConfig:
     margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     holds: tuple[int, ...] = (1, 2, 3)
     momenta: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
-    priors: tuple[float, ...] = (4, 16, 64)
+    priors: tuple[float, ...] = (2, 4, 8, 16, 64)
     baseline_frames: int = 256
     baseline_batch_sizes: tuple[int, ...] = (1, 16)
     domains: tuple[str, ...] = DEFAULT_DOMAINS

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..bn_table import bn_layers
 from .base import Method
 from .norm_patch import batch_moments, normalise, patched_bn, source_stats
 
@@ -36,6 +37,7 @@ class BNPrior(Method):
             raise ValueError(f"prior strength N must be >= 0, got {prior}")
         self.prior = float(prior)
         self.source = source_stats(model)
+        self.layers = bn_layers(model)
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
@@ -49,5 +51,5 @@ class BNPrior(Method):
                 return normalise(h, bn, w * src_mean + (1 - w) * mean, w * src_var + (1 - w) * var)
             return fwd
 
-        with patched_bn(self.model, make):
+        with patched_bn(self.layers, make):
             return self.model(x)

@@ -21,9 +21,12 @@ LayerForward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @contextmanager
-def patched_bn(model: nn.Module, make: Callable[[str, nn.BatchNorm2d], LayerForward]):
-    """Within the block, BN layer ``name`` runs ``make(name, layer)`` instead of its own forward."""
-    layers = bn_layers(model)
+def patched_bn(layers: dict[str, nn.BatchNorm2d], make: Callable[[str, nn.BatchNorm2d], LayerForward]):
+    """Within the block, BN layer ``name`` (of ``layers``, from ``bn_layers``) runs ``make(name, layer)``.
+
+    Methods look their layers up once (``bn_layers(model)``) and pass them here: at batch
+    size 1 a walk over the model's modules per call is a visible share of the frame's time.
+    """
     try:
         for name, bn in layers.items():
             bn.forward = make(name, bn)  # an instance attribute shadows the class's forward
@@ -65,29 +68,38 @@ def normalise(x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor, var: torc
     return F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
+def affine(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference BN as ``x * scale + shift``: (scale, shift) for statistics of any leading shape (..., C)."""
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
+    return scale, shift
+
+
+def apply_rows(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x[b] * scale[b] + shift[b]`` per channel for ``B x C`` scale and shift, in one pass.
+
+    ``addcmul`` is one kernel over the activations, as cheap as plain BN's; viewing the
+    batch as one sample of B*C channels for ``F.batch_norm`` measured 30 % slower on CPU.
+    """
+    if scale.shape != x.shape[:2]:
+        raise ValueError(f"per-sample statistics of shape {tuple(scale.shape)} for activations {tuple(x.shape)}")
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])  # B x C x H x W
+
+
 def normalise_per_sample(x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """BN with per-sample statistics ``mean``, ``var`` (B x C) and the layer's affine parameters.
+    """BN with per-sample statistics ``mean``, ``var`` (B x C) and the layer's affine parameters."""
+    return apply_rows(x, *affine(bn, mean, var))
 
-    The batch is viewed as one sample of B*C channels, each with its own statistics, so the
-    fused eval-mode kernel of plain BN does the work (no extra passes over the activations).
+
+def rows_forward(scales: torch.Tensor, shifts: torch.Tensor, index: torch.Tensor) -> LayerForward:
+    """BN where sample b uses row ``index[b]`` of per-domain affine maps ``scales``, ``shifts`` (D x C).
+
+    The rows come from ``affine(bn, table means, table variances)``, computed once per table;
+    each sample is normalised with its own row only, never with its batch-mates' statistics.
     """
-    n, c, height, width = x.shape
-    if mean.shape != (n, c):
-        raise ValueError(f"per-sample statistics of shape {tuple(mean.shape)} for activations {tuple(x.shape)}")
-    weight = None if bn.weight is None else bn.weight.repeat(n)
-    bias = None if bn.bias is None else bn.bias.repeat(n)
-    flat = x.reshape(1, n * c, height, width)  # 1 x B*C x H x W
-    return F.batch_norm(flat, mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, bn.eps).view(n, c, height, width)
-
-
-def rows_forward(bn: nn.BatchNorm2d, means: torch.Tensor, variances: torch.Tensor, index: torch.Tensor) -> LayerForward:
-    """BN where sample b uses row ``index[b]`` of per-domain statistics ``means``, ``variances`` (D x C).
-
-    A batch in one domain uses that row with the plain kernel; a mixed batch goes through
-    ``normalise_per_sample``. Either way no sample's output depends on another's.
-    """
-    if bool((index == index[0]).all()):
-        mean, var = means[int(index[0])], variances[int(index[0])]
-        return lambda h: F.batch_norm(h, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    mean, var = means[index], variances[index]  # B x C
-    return lambda h: normalise_per_sample(h, bn, mean, var)
+    scale, shift = scales[index], shifts[index]  # B x C
+    return lambda h: apply_rows(h, scale, shift)

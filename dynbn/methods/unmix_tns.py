@@ -32,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..bn_table import bn_layers
 from .base import Method
 from .norm_patch import instance_moments, normalise_per_sample, patched_bn, source_stats
 
@@ -64,6 +65,7 @@ class UnMixTNS(Method):
             raise ValueError(f"need at least one component, got {components}")
         self.temperature, self.base_momentum, self.batch_max = temperature, base_momentum, batch_max
         gen = torch.Generator().manual_seed(seed)
+        self.layers = bn_layers(model)
         self.initial = {name: init_components(m, v, components, alpha, gen) for name, (m, v) in source_stats(model).items()}
         self.reset()
 
@@ -72,21 +74,24 @@ class UnMixTNS(Method):
 
     def _layer(self, name: str, bn, momentum: float):
         def fwd(h: torch.Tensor) -> torch.Tensor:
-            mean_i, var_i = instance_moments(h)                            # B x C instance statistics
-            means, vars_ = self.components[name]                            # K x C
-            sim = F.normalize(mean_i, dim=1) @ F.normalize(means, dim=1).T  # B x K
-            p = (sim / self.temperature).softmax(dim=1)[:, :, None]         # B x K x 1
-            mix_mean = (1 - p) * means[None] + p * mean_i[:, None]          # B x K x C
-            mix_var = (1 - p) * vars_[None] + p * var_i[:, None]
-            mean = mix_mean.mean(1)                                         # B x C
-            var = mix_var.mean(1) + (mix_mean**2).mean(1) - mean**2        # moments of the mixture
-            self.components[name] = (means + momentum * (p * (mean_i[:, None] - means[None])).mean(0),
-                                     vars_ + momentum * (p * (var_i[:, None] - vars_[None])).mean(0))
+            m, v = instance_moments(h)                                      # B x C instance statistics
+            mu, var_k = self.components[name]                               # K x C
+            k = len(mu)
+            sim = F.normalize(m, dim=1) @ F.normalize(mu, dim=1).T          # B x K cosine similarity
+            p = (sim / self.temperature).softmax(dim=1)                     # B x K
+            # component k blended for sample b: (1 - p_bk) mu_k + p_bk m_b (and so for variances);
+            # the moments of their equal-weight mixture, summed over k in closed form (sum_k p_bk = 1)
+            mean = (mu.sum(0) - p @ mu + m) / k
+            second = ((1 - p) ** 2 @ mu**2 + 2 * m * (((1 - p) * p) @ mu) + (p**2).sum(1, keepdim=True) * m**2) / k
+            var = (var_k.sum(0) - p @ var_k + v) / k + second - mean**2
+            weight = p.sum(0)[:, None]                                      # K x 1
+            self.components[name] = (mu + momentum * (p.T @ m - weight * mu) / len(m),
+                                     var_k + momentum * (p.T @ v - weight * var_k) / len(m))
             return normalise_per_sample(h, bn, mean, var.clamp_min(0.0))
         return fwd
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         momentum = 1.0 - (1.0 - self.base_momentum) ** (len(x) / self.batch_max)
-        with patched_bn(self.model, lambda name, bn: self._layer(name, bn, momentum)):
+        with patched_bn(self.layers, lambda name, bn: self._layer(name, bn, momentum)):
             return self.model(x)

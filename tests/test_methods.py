@@ -1,0 +1,168 @@
+"""Adaptation methods on the real ResNet-20: registry, exact reset, shared model left alone, per-sample arms."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynbn import bn_table
+from dynbn.detector import Detector
+from dynbn.methods import BASELINES, REGISTRY, BNAdapt, BNEMA, BNPrior, Source, Tent, UnMixTNS, build_method
+from dynbn.methods.norm_patch import instance_moments
+from dynbn.per_sample import DomainSwitch
+from dynbn.vote import VoteRule
+
+DOMAINS = ["clean", "dark", "noise"]
+STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread here: with two, torch slows down many-fold when another process holds a core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(model, frames):
+    """A small three-domain table and an untrained (but deterministic) detector over it."""
+    noisy = (frames + 0.15 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    table = bn_table.calibrate(model, {"clean": frames[:64], "dark": frames[:64] * 0.5, "noise": noisy[:64]})
+    torch.manual_seed(0)
+    return table, Detector(DOMAINS).eval(), noisy
+
+
+def _arms(model, table, detector, **kw):
+    return {name: build_method(name, model, table=table, detector=detector, **kw.get(name, {})) for name in REGISTRY}
+
+
+def _run(method, batches):
+    return [method(x, cams, truth) for x, cams, truth in batches]
+
+
+def _batches(frames, noisy):
+    truth = ["clean"] * 4 + ["noise"] * 4
+    x = torch.cat([frames[:4], noisy[4:8]])
+    return [(x, [0, 1] * 4, truth), (x.flip(0), [1, 0] * 4, truth[::-1]), (frames[8:9], [0], ["clean"])]
+
+
+def test_registry_builds_every_arm_and_each_returns_logits(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames)
+    assert set(BASELINES) < set(REGISTRY)
+    for name, arm in _arms(resnet20, table, det).items():
+        for x, cams, truth in _batches(frames, noisy):
+            out = arm(x, cams, truth)
+            assert out.shape == (len(x), 10) and torch.isfinite(out).all(), name
+    with pytest.raises(KeyError, match="unknown method"):
+        build_method("nope", resnet20)
+    with pytest.raises(ValueError, match="needs table"):
+        build_method("dynbn_vote", resnet20)
+
+
+def test_arms_leave_the_shared_model_as_they_found_it(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames)
+    arms = _arms(resnet20, table, det)  # dynbn arms convert BN layers in place: compare after that
+    state = {k: v.clone() for k, v in resnet20.state_dict().items()}
+    with torch.no_grad():
+        before = resnet20(frames[:8])
+    for batch in _batches(frames, noisy):  # interleaved batch by batch, as the benchmark runs them
+        for arm in arms.values():
+            arm(*batch)
+    # bn_adapt's batch_statistics context bumps num_batches_tracked (unused with a set momentum)
+    assert all(torch.equal(v, resnet20.state_dict()[k]) for k, v in state.items() if "num_batches" not in k)
+    assert all("forward" not in m.__dict__ for m in resnet20.modules())
+    with torch.no_grad():
+        assert torch.equal(resnet20(frames[:8]), before)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_reset_restores_a_method_exactly(resnet20, frames, name):
+    table, det, noisy = _setup(resnet20, frames)
+    arm = build_method(name, resnet20, table=table, detector=det)
+    first = _run(arm, _batches(frames, noisy))
+    arm.reset()
+    again = _run(arm, _batches(frames, noisy))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    fresh = _run(build_method(name, resnet20, table=table, detector=det), _batches(frames, noisy))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, fresh))
+
+
+def test_tent_adapts_its_own_copy_and_reset_restores_parameters_and_optimizer(resnet20, frames):
+    shared = {k: v.clone() for k, v in resnet20.state_dict().items()}
+    tent = Tent(resnet20)
+    initial = {k: v.clone() for k, v in tent.model.state_dict().items()}
+    tent(frames[:16])
+    assert any(not torch.equal(v, tent.model.state_dict()[k]) for k, v in initial.items())
+    assert len(tent.optimizer.state) > 0
+    assert all(torch.equal(v, resnet20.state_dict()[k]) for k, v in shared.items())
+    tent.reset()
+    assert all(torch.equal(v, tent.model.state_dict()[k]) for k, v in initial.items())
+    assert len(tent.optimizer.state) == 0
+
+
+def test_bn_prior_spans_source_to_batch_statistics(resnet20, frames):
+    x = frames[:16]
+    assert torch.allclose(BNPrior(resnet20, prior=1e12)(x), Source(resnet20)(x), atol=1e-3)
+    zero, adapt = BNPrior(resnet20, prior=0)(x), BNAdapt(resnet20)(x)  # unbiased vs biased batch variance
+    assert torch.allclose(zero, adapt, atol=5e-2) and torch.equal(zero.argmax(1), adapt.argmax(1))
+    assert torch.isfinite(BNPrior(resnet20)(x[:1])).all()  # usable at batch size 1
+
+
+def test_bn_ema_with_momentum_one_is_batch_statistics_and_keeps_one_state_per_camera(resnet20, frames):
+    x = frames[:16]
+    assert torch.allclose(BNEMA(resnet20, momentum=1.0)(x), BNAdapt(resnet20)(x), atol=1e-3)
+    ema = BNEMA(resnet20, momentum=0.2)
+    ema(frames[16:32] * 0.3, [7] * 16)  # camera 7 sees dark frames
+    mixed = ema(torch.cat([frames[:1], frames[1:2]]), [7, 8])
+    alone = BNEMA(resnet20, momentum=0.2)(frames[1:2], [8])
+    assert torch.allclose(mixed[1], alone[0], atol=1e-5)  # camera 8 is untouched by camera 7's history
+    assert set(ema.stats) == {7, 8}
+
+
+def test_unmix_closed_form_equals_the_authors_per_component_formulation():
+    torch.manual_seed(0)
+    h, mu, var_k = torch.randn(5, 8, 6, 6) * 2 + 1, torch.randn(16, 8), torch.rand(16, 8) + 0.5
+    m, v = instance_moments(h)
+    p = ((F.normalize(m, dim=1) @ F.normalize(mu, dim=1).T) / 0.07).softmax(1)[:, :, None]
+    mix_mean, mix_var = (1 - p) * mu[None] + p * m[:, None], (1 - p) * var_k[None] + p * v[:, None]
+    ref_mean = mix_mean.mean(1)
+    ref_var = mix_var.mean(1) + (mix_mean**2).mean(1) - ref_mean**2
+
+    class Layer:  # captures what the method's layer forward normalises with
+        weight = bias = None
+        eps = 0.0
+
+    method = UnMixTNS.__new__(UnMixTNS)
+    method.temperature, method.components = 0.07, {"l": (mu, var_k)}
+    out = method._layer("l", Layer, momentum=0.5)(h)
+    expect = (h - ref_mean[:, :, None, None]) / ref_var.sqrt()[:, :, None, None]
+    assert torch.allclose(out, expect, atol=1e-4)
+    new_mu, _ = method.components["l"]
+    assert torch.allclose(new_mu, mu + 0.5 * (p * (m[:, None] - mu[None])).mean(0), atol=1e-5)
+
+
+def test_vote_per_sample_path_equals_domain_switch(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames)
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det, rule=VoteRule(1, 0.0, 1))
+    x = torch.cat([frames[:6], noisy[:6]])
+    out = vote(x, list(range(12)))  # one camera per frame: each frame's own detection
+    ref = DomainSwitch(resnet20, table, DOMAINS).forward(x, vote.last_index)
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**31 - 1), st.integers(2, 24))
+def test_per_sample_arms_do_not_depend_on_batch_mates(resnet20, frames, seed, size):
+    table, det, noisy = _setup(resnet20, frames)
+    pool, truth = torch.cat([frames[:32], noisy[:32]]), ["clean"] * 32 + ["noise"] * 32
+    rng = np.random.default_rng(seed)
+    mates = rng.choice(np.arange(1, 64), size - 1, replace=False)
+    rows = np.concatenate([[0], mates])
+    for name in ("dynbn_frame", "dynbn_vote", "dynbn_oracle", "unmix_tns"):
+        alone = build_method(name, resnet20, table=table, detector=det)(pool[:1], ["target"], truth[:1])
+        cams = ["target"] + [f"c{i % 3}" for i in range(size - 1)]  # the target's camera has no other frame
+        batch = build_method(name, resnet20, table=table, detector=det)(pool[rows], cams, [truth[i] for i in rows])
+        assert torch.allclose(alone[0], batch[0], atol=1e-4), name

@@ -1,0 +1,204 @@
+"""The frequent-shift benchmark: one prediction per frame and arm, oracle = offline, metrics, CLI contract."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dynbn.stream as stream_mod
+from dynbn import bn_table
+from dynbn.detector import Detector
+from dynbn.domains import DEFAULT_DOMAINS
+from dynbn.methods import REGISTRY, build_method
+from dynbn.schedule import explicit
+from dynbn.stream import build_stream
+from dynbn.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
+from dynbn.stream_report import acceptance, catch_up
+
+DOMAINS = ("clean", "dark", "noise")
+CONTRACT_ARMS = {"source", "bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns", "dynbn_frame", "dynbn_vote",
+                 "dynbn_oracle"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread here: with two, torch slows down many-fold when another process holds a core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cheap_domains(monkeypatch):
+    """'dark' halves the pixels and 'noise' adds seeded noise: two domains without real corruptions."""
+    def apply(images, domain, severity, rng, frost_dir):
+        if domain == "dark":
+            return images // 2
+        if domain == "noise":
+            return np.clip(images + rng.normal(0, 30, images.shape), 0, 255).astype(np.uint8)
+        return images
+
+    monkeypatch.setattr(stream_mod, "apply", apply)
+
+
+@pytest.fixture
+def parts(resnet20, frames):
+    x = frames[:64]
+    noisy = (x + 0.12 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    table = bn_table.calibrate(resnet20, {"clean": x, "dark": x * 0.5, "noise": noisy})
+    torch.manual_seed(0)
+    return resnet20, table, Detector(list(DOMAINS)).eval()
+
+
+class Recorder:
+    """Wraps an arm; keeps every batch it was given."""
+
+    def __init__(self, arm):
+        self.arm, self.seen = arm, []
+
+    def __call__(self, x, cameras, truth):
+        self.seen.append(x.clone())
+        return self.arm(x, cameras, truth)
+
+
+schedules = st.lists(st.lists(st.tuples(st.sampled_from(DOMAINS), st.integers(1, 6)), min_size=1, max_size=4),
+                     min_size=1, max_size=3).map(lambda cams: [explicit(s) for s in cams])
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedules, st.integers(1, 7))
+def test_every_frame_gets_exactly_one_prediction_from_every_arm(cheap_domains, parts, test_split, scheds, batch):
+    model, table, det = parts
+    s = build_stream(test_split.images, test_split.labels, scheds, DOMAINS, 0, None)
+    arms = {n: Recorder(build_method(n, model, table=table, detector=det)) for n in REGISTRY}
+    runs = run_combo(arms, s, batch)
+    frames = torch.cat([b.x for b in s.batches(len(s))])
+    for name, arm in arms.items():
+        assert torch.equal(torch.cat(arm.seen), frames), name  # each frame once, in arrival order
+        assert runs[name].preds.shape == (len(s),) and (runs[name].preds >= 0).all()
+        assert len(runs[name].seconds) == -(-len(s) // batch)
+
+
+def test_oracle_on_a_stream_equals_the_offline_per_frame_result(cheap_domains, parts, test_split):
+    model, table, det = parts
+    scheds = [explicit([("dark", 5), ("noise", 3), ("clean", 4)]), explicit([("noise", 6), ("dark", 6)])]
+    s = build_stream(test_split.images, test_split.labels, scheds, DOMAINS, 1, None)
+    oracle = build_method("dynbn_oracle", model, table=table, detector=det)
+    runs = run_combo({"dynbn_oracle": oracle}, s, batch_size=5)
+    offline = []
+    for i, b in enumerate(s.batches(1)):
+        bn_table.swap(model, table, b.truth[0])
+        with torch.no_grad():
+            offline.append(int(model(b.x).argmax(1)))
+    assert runs["dynbn_oracle"].preds.tolist() == offline
+
+
+def test_switch_delay_and_around_shift_on_a_hand_made_stream(cheap_domains, test_split):
+    scheds = [explicit([("clean", 4), ("dark", 4), ("noise", 4)])]
+    s = build_stream(test_split.images, test_split.labels, scheds, DOMAINS, 0, None)
+    right = np.array([1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0], dtype=bool)  # second shift never caught
+    delay, reached, shifts = switch_delays(s, right)
+    assert (delay, reached, shifts) == (2.0, 0.5, 2)
+    correct = np.arange(12) % 2 == 0
+    curve = around_shift(s, correct, before=2, after=3)
+    # offsets -2, -1 (frames 2,3 and 6,7), 0, 1, 2 (frames 4,5,6 and 8,9,10)
+    assert curve == [1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_summary_rows_hold_the_contract_keys(cheap_domains, parts, test_split):
+    model, table, det = parts
+    s = build_stream(test_split.images, test_split.labels, [explicit([("dark", 6), ("noise", 6)])], DOMAINS, 0, None)
+    arms = {n: build_method(n, model, table=table, detector=det) for n in ("source", "dynbn_vote")}
+    rows, curves = summarise(s, run_combo(arms, s, 4), 6, 4, BenchConfig(first_k=2), list(DOMAINS))
+    for row in rows:
+        assert {"period", "batch_size", "arm", "accuracy", "frames", "relative_time"} <= set(row)
+        assert 0 <= row["accuracy"] <= 1 and row["frames"] == 12
+    assert rows[0]["relative_time"] == 1.0 and "switch_delay" in rows[1]
+    assert set(curves) == {"source", "dynbn_vote"}
+
+
+def test_acceptance_and_catch_up_read_the_rows():
+    rows = [{"period": n, "batch_size": b, "arm": a, "accuracy": acc, "relative_time": t}
+            for n in (4, 64) for b in (1, 64)
+            for a, acc, t in (("source", 0.4, 1.0), ("bn_adapt", 0.3 if n == 4 else 0.7, 1.0),
+                              ("dynbn_vote", 0.6, 1.05))]
+    r = {"periods": [4, 64], "batch_sizes": [1, 64], "arms": ["source", "bn_adapt", "dynbn_vote"], "rows": rows,
+         "relative_time_pooled": {"64": {"dynbn_vote": {"relative_time": 1.05, "batches": 8}}}}
+    assert catch_up(r) == {(1, "bn_adapt"): 64, (64, "bn_adapt"): 64}
+    checks = acceptance(r)
+    assert [ok for _, ok, _ in checks] == [True, False, True]  # at N=64 bn_adapt leads dynbn_vote by 0.1 at B=1
+
+
+def _fake_artifacts(model, folder):
+    """A table over every default domain (source statistics, variances scaled a little) and an untrained detector."""
+    from dynbn.bn_table import BNTable, current_stats, fingerprint
+
+    stats = current_stats(model)
+    table = BNTable(fingerprint(model), {d: {k: v * (1 + 0.01 * i) if "var" in k else v.clone() for k, v in stats.items()}
+                                         for i, d in enumerate(DEFAULT_DOMAINS)})
+    folder.mkdir()
+    table.save(folder / "bn_table-resnet20.safetensors")
+    torch.manual_seed(0)
+    Detector(list(DEFAULT_DOMAINS)).save(folder / "detector.safetensors")
+    return table
+
+
+def test_tuning_scores_every_rule_on_training_streams(tmp_path, resnet20, train_split, data_dir):
+    from dynbn.data import frost_dir
+    from dynbn.stream_tune import TuneConfig, tune
+    from dynbn.vote import VoteRule
+
+    table = _fake_artifacts(resnet20, tmp_path / "art")
+    torch.manual_seed(0)
+    cfg = TuneConfig(periods=(1, 4), frames=24, cost_frames=2, windows=(1, 2), margins=(0.0, 0.3), holds=(1, 2),
+                     momenta=(0.1, 0.3), priors=(16,), baseline_frames=8, baseline_batch_sizes=(1, 4))
+    r = tune(cfg, resnet20, table, Detector(list(DEFAULT_DOMAINS)).eval(), train_split, frost_dir(data_dir), log=lambda m: None)
+    assert len(r["rules"]) == 8 and VoteRule(**r["best_rule"]) in {VoteRule(w, m, h) for w in (1, 2) for m in (0.0, 0.3)
+                                                                  for h in (1, 2)}
+    assert r["best_objective"] == max(x["objective"] for x in r["rules"]) >= r["frame_rule_objective"]
+    assert r["bn_ema_momentum"] in (0.1, 0.3) and set(r["bn_prior"]) == {"16"}
+
+
+def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
+    from dynbn.cli import main
+
+    art = tmp_path / "art"
+    _fake_artifacts(resnet20, art)
+    out = tmp_path / "out"
+    code = main(["stream-bench", "--periods", "2,8", "--batch-sizes", "1,4", "--cameras", "2", "--frames", "16",
+                 "--severity", "3", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)])
+    assert code == 0
+    r = json.loads((out / "stream_bench.json").read_text())
+    assert (r["severity"], r["cameras"], r["seed"]) == (3, 2, 0) and isinstance(r["severity"], int)
+    assert {row["arm"] for row in r["rows"]} == CONTRACT_ARMS
+    assert len(r["rows"]) == 2 * 2 * len(CONTRACT_ARMS)
+    for row in r["rows"]:
+        assert {"period", "batch_size", "arm", "accuracy", "frames", "relative_time"} <= set(row)
+        assert row["frames"] == 16 and row["period"] in (2, 8) and row["batch_size"] in (1, 4)
+    assert set(r["relative_time_pooled"]) == {"1", "4"}
+    assert "## Acceptance" in (out / "stream_bench.md").read_text()
+    assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
+                                                    "around_shift_n8.png"}
+
+
+def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, monkeypatch):
+    import functools
+
+    import dynbn.stream_tune as stream_tune
+    from dynbn.cli import main
+
+    tiny = functools.partial(stream_tune.TuneConfig, periods=(2,), frames=16, cost_frames=2, windows=(1, 2),
+                             margins=(0.0,), holds=(1,), momenta=(0.1,), priors=(16,), baseline_frames=4,
+                             baseline_batch_sizes=(1,))
+    monkeypatch.setattr(stream_tune, "TuneConfig", tiny)
+    art, out = tmp_path / "art", tmp_path / "out"
+    _fake_artifacts(resnet20, art)
+    assert main(["stream-bench", "--periods", "2", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_vote,bn_ema",
+                 "--tune-vote", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    r = json.loads((out / "stream_bench.json").read_text())
+    tuned = json.loads((out / "vote_tuning.json").read_text())
+    assert r["vote_rule"] == tuned["best_rule"] and r["arm_kwargs"]["bn_ema"]["momentum"] == "0.1"
