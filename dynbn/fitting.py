@@ -54,16 +54,23 @@ def apply(images: np.ndarray, domain: str, severity: int, rng: np.random.Generat
     return corruptions.corrupt(images, domain, severity, rng, frost_dir=frost_dir)
 
 
+def domain_samples(split: Split, domains, per_severity: int, purpose: str, seed: int, frost_dir):
+    """``per_severity`` random frames per domain and severity: (uint8 frames, domain indices, class labels)."""
+    frames, domain_idx, labels = [], [], []
+    for d, domain in enumerate(domains):
+        for s in SEVERITIES:
+            rng = rng_for(seed, purpose, domain, s)
+            pick = rng.choice(len(split), per_severity, replace=False)
+            frames.append(apply(split.images[pick], domain, s, rng, frost_dir))
+            domain_idx.append(np.full(per_severity, d))
+            labels.append(split.labels[pick])
+    return np.concatenate(frames), np.concatenate(domain_idx), np.concatenate(labels)
+
+
 def detector_set(train: Split, cfg: FitConfig, frost_dir) -> tuple[np.ndarray, np.ndarray]:
     """Corrupted training frames (uint8) and their domain indices, balanced over domains."""
-    frames, labels = [], []
-    for d, domain in enumerate(cfg.domains):
-        for s in SEVERITIES:
-            rng = rng_for(cfg.seed, "detector", domain, s)
-            pick = rng.choice(len(train), cfg.detector_images, replace=False)
-            frames.append(apply(train.images[pick], domain, s, rng, frost_dir))
-            labels.append(np.full(cfg.detector_images, d))
-    return np.concatenate(frames), np.concatenate(labels)
+    frames, domain_idx, _ = domain_samples(train, cfg.domains, cfg.detector_images, "detector", cfg.seed, frost_dir)
+    return frames, domain_idx
 
 
 def table_frames(train: Split, domain: str, k: int, seed: int, frost_dir) -> np.ndarray:
@@ -115,21 +122,14 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
     statistics unless another domain leads by more than b. Pick the b that maximises
     accuracy on held-out corrupted frames while clean frames lose at most
     ``clean_tolerance`` against the checkpoint and at least ``clean_recall`` of them keep
-    its statistics (accuracy on a few hundred frames is too noisy a guard on its own). Only two tables can win for a frame (clean
-    or its best other domain), so two forwards per frame score every b.
+    its statistics (accuracy on a few hundred frames is too noisy a guard on its own). Only
+    two tables can win for a frame (clean or its best other domain), so two forwards per
+    frame score every b.
     """
     from .per_sample import DomainSwitch
 
-    frames, domains, labels = [], [], []
-    for d, domain in enumerate(cfg.domains):
-        for s in SEVERITIES:
-            rng = rng_for(cfg.seed, "tune", domain, s)
-            pick = rng.choice(len(held_out), cfg.tune_per_severity, replace=False)
-            frames.append(apply(held_out.images[pick], domain, s, rng, frost_dir))
-            domains.append(np.full(cfg.tune_per_severity, d))
-            labels.append(held_out.labels[pick])
-    x = to_tensor(np.concatenate(frames))
-    domains, labels = torch.from_numpy(np.concatenate(domains)), torch.from_numpy(np.concatenate(labels))
+    frames, domains, labels = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
+    x, domains, labels = to_tensor(frames), torch.from_numpy(domains), torch.from_numpy(labels)
     clean = cfg.domains.index(CLEAN)
     logits = detector.mlp(detector.features(x))
     others = logits.clone()
