@@ -87,6 +87,8 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
     acc = {arm: {} for arm in ARMS}          # arm -> (corruption, severity) -> accuracy
     confusion = np.zeros((len(domains), len(domains)), dtype=np.int64)
     det_acc, sweep = {}, {k: {"oracle": [], "dynbn": []} for k in tables}
+    sweep_arms = {k: {"oracle": DynBNOracle(model, tab), "dynbn": DynBNFrame(model, tab, detector)}
+                  for k, tab in tables.items()}
     t_eval = time.perf_counter()
     for c in cfg.corruptions:
         for s in cfg.severities:
@@ -97,8 +99,7 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
             detected = _batched(lambda b, *_: detector(b), x, cfg.eval_batch)
             det_acc[(c, s)] = (detected == domains.index(c)).float().mean().item()
             np.add.at(confusion[domains.index(c)], detected.numpy(), 1)
-            for k, tab in tables.items():
-                sub = {"oracle": DynBNOracle(model, tab), "dynbn": DynBNFrame(model, tab, detector)}
+            for k, sub in sweep_arms.items():
                 n = cfg.sweep_images
                 ok = ({a: correct[a][:n] for a in sub} if k == cfg.fit.table_images  # same table: reuse
                       else run_arms(sub, x[:n], y[:n], c, cfg))

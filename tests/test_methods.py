@@ -18,13 +18,7 @@ DOMAINS = ["clean", "dark", "noise"]
 STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread here: with two, torch slows down many-fold when another process holds a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(model, frames):

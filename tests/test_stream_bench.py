@@ -23,13 +23,7 @@ CONTRACT_ARMS = {"source", "bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns"
                  "dynbn_oracle"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread here: with two, torch slows down many-fold when another process holds a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
