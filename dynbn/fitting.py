@@ -23,6 +23,7 @@ from .spectrum import to_tensor
 
 SEVERITIES = (1, 2, 3, 4, 5)
 _PURPOSE = {"detector": 1, "table": 2, "test": 3, "tune": 4}
+BIAS_GRID_MAX = 16.0  # clean logit bias grid 0..16 step 0.25 (full-size detectors are confident; 8 was too small)
 TUNE_IMAGES = 2000  # training images held out of detector/table fitting, for tuning decision rules
 
 
@@ -140,7 +141,7 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
     ok_other = switch.forward(x, others.argmax(1)).argmax(1) == labels
     is_clean = domains == clean
     evidence = {}
-    for b in np.arange(0.0, 8.01, 0.25):
+    for b in np.arange(0.0, BIAS_GRID_MAX + 0.01, 0.25):
         ok = torch.where(margin + b > 0, ok_clean, ok_other)
         corrupted, clean_acc = ok[~is_clean].float().mean().item(), ok[is_clean].float().mean().item()
         recall = (margin[is_clean] + b > 0).float().mean().item()
