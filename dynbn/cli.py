@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions():
     """Subcommands that live with the code they drive (benchmarks, scenarios)."""
     found = []
-    for module, attr in (("dynbn.stream_bench", "register"), ("dynbn.compact", "register"), ("streamer.cli", "register")):
+    for module, attr in (("dynbn.stream_bench", "register"), ("dynbn.compact", "register"),
+                         ("dynbn.severity", "register"), ("streamer.cli", "register")):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as exc:

@@ -47,6 +47,11 @@ class Detector(nn.Module):
         self.register_buffer("feat_std", torch.ones(dim))
         # log-prior adjustment added to the logits; fitting.tune_clean_bias sets the clean entry
         self.register_buffer("logit_bias", torch.zeros(len(self.domains)))
+        # open set (dynbn.open_set.fit_open_set): class means and shared precision of the
+        # penultimate features, and the distance above which a frame is "unknown" (inf: not fitted)
+        self.register_buffer("ood_means", torch.zeros(len(self.domains), hidden[1]))
+        self.register_buffer("ood_precision", torch.zeros(hidden[1], hidden[1]))
+        self.register_buffer("ood_threshold", torch.tensor(float("inf")))
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Dropout(dropout),
@@ -62,6 +67,28 @@ class Detector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.features(x)) + self.logit_bias
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations ``B x hidden[1]`` (what the open-set score reads)."""
+        return self.mlp[:-1](self.features(x))
+
+    def logits_and_distance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Domain logits and the open-set distance per frame, from one pass over the spectrum.
+
+        The distance is the smallest Mahalanobis distance (squared, shared covariance) of the
+        frame's penultimate features to any domain's mean; above ``ood_threshold`` the frame
+        is unknown. ``inf`` threshold: the open set was never fitted.
+        """
+        h = self.penultimate(x)
+        logits = self.mlp[-1](h) + self.logit_bias
+        hp = h @ self.ood_precision
+        mp = self.ood_means @ self.ood_precision
+        dist = (hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + (mp * self.ood_means).sum(1)
+        return logits, dist.min(1).values
+
+    @property
+    def has_open_set(self) -> bool:
+        return bool(torch.isfinite(self.ood_threshold))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +118,10 @@ class Detector(nn.Module):
             state = load_file(str(path))
             det = cls(json.loads(meta["domains"]), int(meta["height"]), int(meta["width"]),
                       tuple(json.loads(meta["hidden"])), eps=float(meta["eps"]))
-            det.load_state_dict(state)
+            missing, unexpected = det.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("ood_")]  # files from before the open set
+            if missing or unexpected:
+                raise KeyError(f"missing {missing}, unexpected {unexpected}")
         except Exception as exc:
             raise ValueError(f"{path}: not a dynbn detector file ({exc})") from exc
         return det.eval()

@@ -10,3 +10,16 @@ BENCHMARK = (
 )
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 DEFAULT_DOMAINS = (CLEAN,) + BENCHMARK
+
+# Two corruptions at once ("first+second": ``second`` is applied to the output of ``first``),
+# the realistic pairs of `dynbn stream-bench --mixtures`: weather or optics first, then the
+# sensor's noise or the codec.
+MIXTURES = (
+    "fog+gaussian_noise", "defocus_blur+jpeg_compression", "snow+shot_noise", "motion_blur+impulse_noise",
+    "contrast+gaussian_noise", "zoom_blur+pixelate", "frost+jpeg_compression", "brightness+motion_blur",
+)
+
+
+def components(domain: str) -> tuple[str, ...]:
+    """The corruptions a domain name stands for, in order: ``"fog+gaussian_noise"`` -> both."""
+    return tuple(domain.split("+"))

@@ -18,7 +18,8 @@ from . import corruptions
 from .bn_table import BNTable, calibrate, current_stats
 from .data import Split
 from .detector import Detector, DetectorConfig, fit
-from .domains import CLEAN, DEFAULT_DOMAINS
+from .domains import CLEAN, DEFAULT_DOMAINS, components
+from .open_set import fit_open_set
 from .spectrum import to_tensor
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -49,10 +50,15 @@ def rng_for(seed: int, purpose: str, domain: str, severity: int) -> np.random.Ge
 
 
 def apply(images: np.ndarray, domain: str, severity: int, rng: np.random.Generator, frost_dir) -> np.ndarray:
-    """Corrupt uint8 frames with one domain at one severity ('clean' returns them unchanged)."""
+    """Corrupt uint8 frames with one domain at one severity ('clean' returns them unchanged).
+
+    A composed domain ``"a+b"`` applies ``a`` then ``b``, each at ``severity``, from the same generator.
+    """
     if domain == CLEAN:
         return images
-    return corruptions.corrupt(images, domain, severity, rng, frost_dir=frost_dir)
+    for part in components(domain):
+        images = corruptions.corrupt(images, part, severity, rng, frost_dir=frost_dir)
+    return images
 
 
 def domain_samples(split: Split, domains, per_severity: int, purpose: str, seed: int, frost_dir):
@@ -157,7 +163,10 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
 
 
 def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[int] | None = None, log=print):
-    """Fit the detector, calibrate the tables, tune the clean bias; returns (detector, {K: table}, timings)."""
+    """Fit the detector, calibrate the tables, tune the clean bias and the open-set threshold.
+
+    Returns (detector, {K: table}, timings).
+    """
     timings = {}
     t0 = time.perf_counter()
     train, held_out = split_train(train, cfg.seed)
@@ -179,5 +188,10 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
         timings["clean_bias_evidence"] = evidence
         log(f"clean logit bias {bias:.2f} (held-out clean {evidence['grid'][f'{bias:.2f}']['clean']:.3f}, "
             f"checkpoint {evidence['source_clean']:.3f}; corrupted {evidence['grid'][f'{bias:.2f}']['corrupted']:.3f})")
+    tuning_frames, _, _ = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
+    open_set = fit_open_set(detector, to_tensor(frames), torch.from_numpy(labels), to_tensor(tuning_frames))
+    timings["open_set_threshold"] = open_set["threshold"]
+    log(f"open set: unknown above distance {open_set['threshold']:.1f} "
+        f"({open_set['known_kept']:.1%} of {open_set['held_out_frames']} held-out known frames kept)")
     timings["tune_s"] = time.perf_counter() - t0
     return detector, tables, timings

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .domains import DEFAULT_DOMAINS
+from .domains import DEFAULT_DOMAINS, components
 from .methods import REGISTRY, build_method
+from .methods.dynbn_open import UNKNOWN
 from .stream import Stream, build_stream, periodic_schedules
 
 
@@ -36,9 +37,10 @@ class BenchConfig:
     before: int = 8               # frames before a shift kept in the around-shift curves
     after: int = 32               # frames after a shift kept in the around-shift curves
     phase: bool = True
-    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    domains: tuple[str, ...] = DEFAULT_DOMAINS     # what the streams carry (--held-out: EXTRA; --mixtures: MIXTURES)
     arms: tuple[str, ...] = tuple(REGISTRY)
     arm_kwargs: dict = field(default_factory=dict)
+    streams: str = "seen"         # "seen" (the detector's corruptions), "held-out" (EXTRA) or "mixtures" (MIXTURES)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -126,6 +128,15 @@ def time_per_frame(seconds: list[float], batch_size: int, frames: int) -> float:
     return float(np.median(np.array(seconds) / sizes))
 
 
+def domain_right(used: np.ndarray, truth: np.ndarray, known: list[str]) -> np.ndarray:
+    """Whether the domain an arm used is right: the true one; for a corruption outside the
+    detector's domains, "unknown"; for a mixture "a+b", either component."""
+    right = used == truth
+    unseen = ~np.isin(truth, known)
+    right[unseen] = [u == UNKNOWN or u in components(t) for u, t in zip(used[unseen], truth[unseen])]
+    return right
+
+
 def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: int, cfg: BenchConfig,
               domain_names: list[str]) -> tuple[list[dict], dict]:
     """Rows of the report for one (N, B) and the around-shift curves."""
@@ -147,9 +158,10 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
             row["relative_time"] = float(np.median(ratios))
             row["relative_time_total"] = float(sum(run.seconds) / sum(src.seconds))
         if run.active is not None:
-            right = np.array(domain_names)[run.active] == truth_names
+            right = domain_right(np.array(domain_names + [UNKNOWN])[run.active], truth_names, domain_names)
             delay, reached, shifts = switch_delays(stream, right)
-            row.update(domain_accuracy=float(right.mean()), switch_delay=delay, switch_reached=reached, shifts=shifts)
+            row.update(domain_accuracy=float(right.mean()), switch_delay=delay, switch_reached=reached, shifts=shifts,
+                       unknown_rate=float((run.active == len(domain_names)).mean()))
         rows.append(row)
         curves[arm] = around_shift(stream, correct, cfg.before, cfg.after)
     return rows, curves
@@ -200,6 +212,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
     vote = arms.get("dynbn_vote")
     return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
+            "streams": cfg.streams,
             "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
             "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
             "curve_offsets": [-cfg.before, cfg.after - 1],

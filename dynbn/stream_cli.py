@@ -95,11 +95,21 @@ def cmd_stream_bench(args) -> int:
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     if args.frames:
         cfg.frames = args.frames
+    if args.held_out or args.mixtures:
+        from .domains import EXTRA, MIXTURES
+
+        # no table entry exists for these streams' domains, so there is no oracle
+        cfg.streams, cfg.domains = ("held-out", EXTRA) if args.held_out else ("mixtures", MIXTURES)
+        cfg.arms = tuple(a for a in cfg.arms if a != "dynbn_oracle")
     if args.arms:
         cfg.arms = tuple(a.strip() for a in args.arms.split(","))
         unknown = sorted(set(cfg.arms) - set(REGISTRY))
         if unknown:
             print(f"error: unknown arms {unknown}; choose from {', '.join(REGISTRY)}", file=sys.stderr)
+            return 2
+        if cfg.streams != "seen" and "dynbn_oracle" in cfg.arms:
+            print(f"error: dynbn_oracle needs a table entry for every streamed domain; the {cfg.streams} streams "
+                  "have none", file=sys.stderr)
             return 2
     model = build_model(args.model, args.data_dir)
     detector, table, info = artifacts(args, model, out, log)
@@ -180,6 +190,11 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=None, help="arrivals per stream (default 4096; 256 with --quick)")
     p.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     p.add_argument("--no-phase", action="store_true", help="every camera starts at a segment boundary")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--held-out", action="store_true",
+                       help="stream only the 4 extra corruptions, which the detector and the tables never saw")
+    which.add_argument("--mixtures", action="store_true",
+                       help="stream two corruptions at once (dynbn.domains.MIXTURES), soft against hard selection")
     p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD overriding the tuned vote rule")
     p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")

@@ -38,7 +38,7 @@ def build_arms(names: list[str], model: torch.nn.Module, table, detector, vote: 
             raise ValueError(f"unknown arm {name!r}; available: {', '.join(available())}")
         own = copy.deepcopy(model).to(device).eval()
         det = copy.deepcopy(detector).to(device).eval() if detector is not None else None
-        kw = _vote_kwargs(vote) if name == "dynbn_vote" else {}
+        kw = _vote_kwargs(vote) if name in ("dynbn_vote", "dynbn_open") else {}
         arms[name] = build_method(name, own, table=table, detector=det, **kw)
     return arms
 

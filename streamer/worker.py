@@ -222,7 +222,9 @@ class Worker:
             wait = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
             if deadline is not None and wait <= 0:
                 break
+            t0 = time.perf_counter()
             new = self.t.read(owned, self.name, self.batch_size - len(got), max(wait, 1))
+            self.counters["read_ms"] += int((time.perf_counter() - t0) * 1000)
             if not new and deadline is None:
                 return []
             if deadline is None:
@@ -262,12 +264,16 @@ class Worker:
 
     def _process(self, batch: list[Entry]) -> None:
         """Predict with every arm, then one atomic commit per partition touched."""
+        t0 = time.perf_counter()
         good, dead = self._parse(batch)
+        self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
         commits: dict[int, Commit] = {}
         if good:
+            ahead = self._read_ahead()
             t0 = time.perf_counter()
             preds, found = self._predict(good)
             self.counters["predict_ms"] += int((time.perf_counter() - t0) * 1000)
+            ahead()
             t_done = time.time()
             for i, (e, m, _) in enumerate(good):
                 result = ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub,
@@ -282,6 +288,39 @@ class Worker:
             c.state = arms_mod.export_states(self.arms, {m.camera for e, m, _ in good if e.partition == p})
             self._commit(p, c)
         self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
+
+    def _read_ahead(self):
+        """Read the next batch's entries while the model runs; returns the call that joins them in.
+
+        torch releases the GIL inside its kernels, so the XREADGROUP round trip overlaps the
+        forward on another core. Only new entries are read, without blocking, from the
+        partitions owned now; they join ``queue`` like any over-read entries (processed
+        first, dropped with their partition, processed by ``_drain`` on SIGTERM, reclaimed by
+        another worker if this one dies). A failed read is left to the main loop's next read.
+        """
+        want = self.batch_size - len(self.queue)
+        owned = sorted(self.tokens)
+        if want <= 0 or not owned or self.stop.is_set():
+            return lambda: None
+        got: list[Entry] = []
+        seconds = [0.0]
+
+        def read():
+            t0 = time.perf_counter()
+            try:
+                got.extend(self.t.read(owned, self.name, want, 1))
+            except TRANSIENT:
+                pass
+            seconds[0] = time.perf_counter() - t0
+        thread = threading.Thread(target=read, name=f"{self.name}-read-ahead", daemon=True)
+        thread.start()
+
+        def join():
+            thread.join()
+            self.queue.extend(e for e in got if e.partition in self.tokens)
+            self.counters["read_ahead"] += len(got)
+            self.counters["read_ahead_ms"] += int(seconds[0] * 1000)
+        return join
 
     def _commit(self, p: int, c: Commit) -> None:
         token = self.tokens.get(p)

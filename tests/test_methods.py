@@ -12,10 +12,11 @@ from dynbn.detector import Detector
 from dynbn.methods import BASELINES, REGISTRY, BNAdapt, BNEMA, BNPrior, Source, Tent, UnMixTNS, build_method
 from dynbn.methods.norm_patch import instance_moments
 from dynbn.per_sample import DomainSwitch
+from dynbn.open_set import fit_open_set
 from dynbn.vote import VoteRule
 
 DOMAINS = ["clean", "dark", "noise"]
-STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote")
+STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +27,10 @@ def _setup(model, frames):
     noisy = (frames + 0.15 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     table = bn_table.calibrate(model, {"clean": frames[:64], "dark": frames[:64] * 0.5, "noise": noisy[:64]})
     torch.manual_seed(0)
-    return table, Detector(DOMAINS).eval(), noisy
+    detector = Detector(DOMAINS).eval()
+    fit_open_set(detector, torch.cat([frames[:16], frames[:16] * 0.5, noisy[:16]]), torch.arange(3).repeat_interleave(16),
+                 noisy[16:48])
+    return table, detector, noisy
 
 
 def _arms(model, table, detector, **kw):

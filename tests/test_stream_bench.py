@@ -13,6 +13,7 @@ from dynbn import bn_table
 from dynbn.detector import Detector
 from dynbn.domains import DEFAULT_DOMAINS
 from dynbn.methods import REGISTRY, build_method
+from dynbn.open_set import fit_open_set
 from dynbn.schedule import explicit
 from dynbn.stream import build_stream
 from dynbn.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
@@ -20,7 +21,7 @@ from dynbn.stream_report import acceptance, catch_up
 
 DOMAINS = ("clean", "dark", "noise")
 CONTRACT_ARMS = {"source", "bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns", "dynbn_frame", "dynbn_vote",
-                 "dynbn_oracle"}
+                 "dynbn_open", "dynbn_soft", "dynbn_oracle"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +46,9 @@ def parts(resnet20, frames):
     noisy = (x + 0.12 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     table = bn_table.calibrate(resnet20, {"clean": x, "dark": x * 0.5, "noise": noisy})
     torch.manual_seed(0)
-    return resnet20, table, Detector(list(DOMAINS)).eval()
+    detector = Detector(list(DOMAINS)).eval()
+    fit_open_set(detector, torch.cat([x[:16], x[:16] * 0.5, noisy[:16]]), torch.arange(3).repeat_interleave(16), x[16:48])
+    return resnet20, table, detector
 
 
 class Recorder:
@@ -137,7 +140,11 @@ def _fake_artifacts(model, folder):
     folder.mkdir()
     table.save(folder / "bn_table-resnet20.safetensors")
     torch.manual_seed(0)
-    Detector(list(DEFAULT_DOMAINS)).save(folder / "detector.safetensors")
+    detector = Detector(list(DEFAULT_DOMAINS)).eval()
+    g = torch.Generator().manual_seed(0)
+    fit_open_set(detector, torch.rand(48, 3, 32, 32, generator=g), torch.arange(16).repeat(3),
+                 torch.rand(16, 3, 32, 32, generator=g))
+    detector.save(folder / "detector.safetensors")
     return table
 
 

@@ -103,5 +103,10 @@ class DynBNVote(Method):
         probs = self.detector(x).softmax(dim=1)
         active = self.votes.update(cameras_or_default(cameras, len(x)), probs.double().cpu().numpy())
         self.last_index = index = torch.from_numpy(active)
+        return self.table_forward(x, index)
+
+    def table_forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The model with frame b normalised by table row ``index[b]`` (into ``detector.domains``)."""
+        index = index.to(x.device)
         with patched_bn(self.layers, lambda name, bn: rows_forward(*self.maps[name], index)):
             return self.model(x)

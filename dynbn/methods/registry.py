@@ -18,6 +18,8 @@ from .bn_adapt import BNAdapt
 from .bn_ema import BNEMA
 from .bn_prior import BNPrior
 from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
+from .dynbn_open import DynBNOpen
+from .dynbn_soft import DynBNSoft
 from .source import Source
 from .tent import Tent
 from .unmix_tns import UnMixTNS
@@ -57,6 +59,8 @@ REGISTRY: dict[str, Callable[..., Method]] = {
     "unmix_tns": _plain(UnMixTNS),
     "dynbn_frame": _with_detector(DynBNFrame),
     "dynbn_vote": _with_detector(DynBNVote),
+    "dynbn_open": _with_detector(DynBNOpen),
+    "dynbn_soft": _with_detector(DynBNSoft),
     "dynbn_oracle": _with_table(DynBNOracle),
 }
 

@@ -1,0 +1,128 @@
+"""Issue 5's arms and streams: the open-set score, dynbn_open's fallback, dynbn_soft's mixing, composed corruptions."""
+
+import numpy as np
+import pytest
+import torch
+
+from dynbn import bn_table
+from dynbn.detector import Detector, DetectorConfig, fit
+from dynbn.fitting import apply
+from dynbn.methods import BNEMA, DynBNFrame, DynBNOpen, DynBNSoft, DynBNVote
+from dynbn.open_set import fit_open_set
+from dynbn.stream_bench import domain_right
+
+DOMAINS = ["clean", "dark", "noise"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def parts(resnet20, frames):
+    noisy = (frames + 0.15 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    table = bn_table.calibrate(resnet20, {"clean": frames[:64], "dark": frames[:64] * 0.5, "noise": noisy[:64]})
+    train = torch.cat([frames[:32], frames[:32] * 0.5, noisy[:32]])
+    labels = torch.arange(3).repeat_interleave(32)
+    detector = fit(train, labels, DOMAINS, DetectorConfig(epochs=5, hidden=(64, 32)))
+    held = torch.cat([frames[32:48], frames[32:48] * 0.5, noisy[32:48]])
+    evidence = fit_open_set(detector, train, labels, held)
+    return resnet20, table, detector, noisy, train, labels, held, evidence
+
+
+def test_open_set_distance_is_the_smallest_mahalanobis_distance_and_the_threshold_a_held_out_quantile(parts):
+    _, _, det, _, train, labels, held, evidence = parts
+    with torch.no_grad():
+        h = det.penultimate(held).double()
+        means, prec = det.ood_means.double(), det.ood_precision.double()
+        brute = torch.stack([((h - m) @ prec * (h - m)).sum(1) for m in means], 1).min(1).values
+        _, dist = det.logits_and_distance(held)
+    assert torch.allclose(dist.double(), brute, rtol=1e-4, atol=1e-2)
+    assert evidence["known_kept"] == pytest.approx(0.95, abs=1 / len(held) + 1e-9)
+    assert float(det.ood_threshold) == pytest.approx(float(np.quantile(dist.numpy(), 0.95)), rel=1e-6)
+    with torch.no_grad():  # frames unlike anything the detector was fitted on: a flat grey and a checkerboard
+        odd = torch.stack([torch.full((3, 32, 32), 0.5), (torch.arange(32)[:, None] + torch.arange(32)).remainder(2)
+                           .float().expand(3, 32, 32)])
+        assert (det.logits_and_distance(odd)[1] > det.ood_threshold).all()
+    with pytest.raises(ValueError, match="every domain"):
+        fit_open_set(Detector(DOMAINS), train[:32], torch.zeros(32, dtype=torch.long), held)
+
+
+def test_open_set_survives_save_and_load_and_old_files_load_without_it(parts, tmp_path):
+    _, _, det, *_ = parts
+    det.save(tmp_path / "d.safetensors")
+    back = Detector.load(tmp_path / "d.safetensors")
+    assert back.has_open_set and torch.equal(back.ood_precision, det.ood_precision)
+    old = Detector(DOMAINS)  # a file written before the open set existed has no ood_* tensors
+    from safetensors.torch import save_file
+    import json
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("ood_")}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata={"domains": json.dumps(DOMAINS), "height": "32",
+              "width": "32", "hidden": "[512, 256]", "eps": "0.001"})
+    assert not Detector.load(tmp_path / "old.safetensors").has_open_set
+
+
+def test_dynbn_open_is_dynbn_vote_on_known_frames_and_bn_ema_on_unknown_ones(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
+    det.ood_threshold.fill_(1e30)  # nothing is unknown
+    assert torch.equal(DynBNOpen(model, table, det)(x, cams), DynBNVote(model, table, det)(x, cams))
+    det.ood_threshold.fill_(-1.0)  # everything is unknown: the camera's own moving averages
+    open_, ema = DynBNOpen(model, table, det), BNEMA(model)
+    for _ in range(2):  # the fallback keeps its state across batches, like bn_ema
+        assert torch.allclose(open_(x, cams), ema(x, cams), atol=1e-5)
+    assert open_.last_domains == ["unknown"] * len(x)
+    det.ood_threshold.fill_(float("inf"))
+    with pytest.raises(ValueError, match="no open-set statistics"):
+        DynBNOpen(model, table, det)
+
+
+def test_dynbn_open_mixes_known_and_unknown_frames_in_one_batch_without_coupling_them(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x, cams = torch.cat([frames[100:104], noisy[104:108]]), list(range(8))  # one camera per frame
+    with torch.no_grad():
+        ordered = det.logits_and_distance(x)[1].sort().values
+    det.ood_threshold.fill_(float(ordered[3] + ordered[4]) / 2)  # half the frames are unknown, none on the edge
+    dist = det.logits_and_distance(x)[1].detach()
+    unknown = (dist > det.ood_threshold).numpy()
+    assert 0 < unknown.sum() < len(x)
+    together = DynBNOpen(model, table, det)(x, cams)
+    alone = torch.cat([DynBNOpen(model, table, det)(x[i:i + 1], cams[i:i + 1]) for i in range(len(x))])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_dynbn_soft_with_confident_probabilities_is_hard_selection_and_ignores_batch_mates(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x = torch.cat([frames[100:104], noisy[104:108]])
+    sharp = DynBNSoft(model, table, det, temperature=1e-6)
+    assert torch.allclose(sharp(x), DynBNFrame(model, table, det)(x), atol=1e-4)
+    soft = DynBNSoft(model, table, det)
+    together = soft(x)
+    assert torch.allclose(together, torch.cat([soft(x[i:i + 1]) for i in range(len(x))]), atol=1e-4)
+    with pytest.raises(ValueError, match="temperature"):
+        DynBNSoft(model, table, det, temperature=0)
+
+
+def test_a_composed_domain_applies_its_corruptions_in_order(test_split, data_dir):
+    from dynbn.data import frost_dir
+
+    images = test_split.images[:8]
+    both = apply(images, "fog+gaussian_noise", 3, np.random.default_rng(5), frost_dir(data_dir))
+    rng = np.random.default_rng(5)
+    step = apply(apply(images, "fog", 3, rng, frost_dir(data_dir)), "gaussian_noise", 3, rng, frost_dir(data_dir))
+    assert np.array_equal(both, step) and not np.array_equal(both, images)
+
+
+def test_domain_choice_is_right_for_seen_unseen_and_mixed_truths():
+    known = ["clean", "fog", "gaussian_noise"]
+    used = np.array(["fog", "fog", "unknown", "fog", "gaussian_noise", "unknown", "clean"])
+    truth = np.array(["fog", "gaussian_noise", "spatter", "spatter", "fog+gaussian_noise", "fog+gaussian_noise", "fog"])
+    assert domain_right(used, truth, known).tolist() == [True, False, True, False, True, True, False]
+
+
+def test_stream_bench_cli_rejects_an_oracle_on_held_out_streams_and_both_flags(tmp_path, data_dir, capsys):
+    from dynbn.cli import main
+
+    code = main(["stream-bench", "--held-out", "--arms", "source,dynbn_oracle", "--artifacts", str(tmp_path),
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "o")])
+    assert code == 2 and "dynbn_oracle" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["stream-bench", "--held-out", "--mixtures", "--out", str(tmp_path / "o")])
