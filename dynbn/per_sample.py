@@ -50,7 +50,7 @@ class DomainBatchNorm2d(nn.BatchNorm2d):
         shift = -mean * scale
         if self.bias is not None:
             shift = shift + self.bias
-        return x * scale[:, :, None, None] + shift[:, :, None, None]  # B x C x H x W
+        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])  # one pass: B x C x H x W
 
 
 def _convert(bn: nn.BatchNorm2d) -> DomainBatchNorm2d:

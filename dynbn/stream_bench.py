@@ -152,7 +152,9 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
         row = {"period": period, "batch_size": batch_size, "arm": arm, "accuracy": float(correct.mean()),
                "frames": len(stream), "first_k": cfg.first_k,
                "first_k_accuracy": float(correct[first].mean()) if first.any() else None,
-               "time_per_frame_ms": 1e3 * tpf}
+               "time_per_frame_ms": 1e3 * tpf,
+               "by_domain": {d: [int(correct[truth_names == d].sum()), int((truth_names == d).sum())]
+                             for d in sorted(set(truth_names))}}  # [right, frames] per streamed domain
         if src is not None:
             ratios = np.array(run.seconds) / np.array(src.seconds)
             row["relative_time"] = float(np.median(ratios))
@@ -161,7 +163,9 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
             right = domain_right(np.array(domain_names + [UNKNOWN])[run.active], truth_names, domain_names)
             delay, reached, shifts = switch_delays(stream, right)
             row.update(domain_accuracy=float(right.mean()), switch_delay=delay, switch_reached=reached, shifts=shifts,
-                       unknown_rate=float((run.active == len(domain_names)).mean()))
+                       unknown_rate=float((run.active == len(domain_names)).mean()),
+                       unknown_by_domain={d: int((run.active[truth_names == d] == len(domain_names)).sum())
+                                          for d in sorted(set(truth_names))})
         rows.append(row)
         curves[arm] = around_shift(stream, correct, cfg.before, cfg.after)
     return rows, curves

@@ -166,6 +166,29 @@ def _catch_up_table(r: dict) -> list[str]:
     return lines + [""]
 
 
+def _by_domain(r: dict) -> list[str]:
+    """Accuracy per streamed domain, pooled over every period, at the smallest batch size."""
+    b = min(r["batch_sizes"])
+    rows = [x for x in r["rows"] if x["batch_size"] == b and "by_domain" in x]
+    domains = sorted({d for x in rows for d in x["by_domain"]})
+    if not rows or len(domains) > 20:
+        return []
+    lines = [f"## Accuracy (%) per streamed domain, B = {b}, all periods pooled", "",
+             "Unknown: share of the domain's frames dynbn_open called unknown.", "",
+             "| domain | " + " | ".join(r["arms"]) + " | unknown |", "|---|" + "---:|" * (len(r["arms"]) + 1)]
+    for d in domains:
+        cells = []
+        for arm in r["arms"]:
+            right = sum(x["by_domain"].get(d, [0, 0])[0] for x in rows if x["arm"] == arm)
+            total = sum(x["by_domain"].get(d, [0, 0])[1] for x in rows if x["arm"] == arm)
+            cells.append(_pct(right / total) if total else "–")
+        opened = [x for x in rows if x["arm"] == "dynbn_open" and "unknown_by_domain" in x]
+        unknown = sum(x["unknown_by_domain"].get(d, 0) for x in opened)
+        total = sum(x["by_domain"].get(d, [0, 0])[1] for x in opened)
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {_pct(unknown / total) if total else '–'} |")
+    return lines + [""]
+
+
 def stream_markdown(r: dict) -> str:
     """The report as Markdown (JSON is the source of truth)."""
     lines = _intro(r) + ["## Accuracy (%)", ""] + _table(r, "accuracy", _pct)
@@ -176,7 +199,7 @@ def stream_markdown(r: dict) -> str:
               "batches of every period (compute per frame does not depend on N; few batches per cell at B = 64 "
               "make single cells noisy on a shared machine).", ""]
     lines += _table(r, "relative_time", lambda v: "–" if v is None else f"{v:.2f}", pooled=True)
-    lines += _domain_choice(r) + _catch_up_table(r) + ["## Acceptance", ""]
+    lines += _domain_choice(r) + _by_domain(r) + _catch_up_table(r) + ["## Acceptance", ""]
     checks = (acceptance(r) if r.get("streams", "seen") == "seen" else []) + open_set_acceptance(r)
     lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
     if r.get("streams") == "mixtures":

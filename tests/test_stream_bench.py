@@ -180,6 +180,8 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
     for row in r["rows"]:
         assert {"period", "batch_size", "arm", "accuracy", "frames", "relative_time"} <= set(row)
         assert row["frames"] == 16 and row["period"] in (2, 8) and row["batch_size"] in (1, 4)
+        assert sum(n for _, n in row["by_domain"].values()) == 16  # every frame counted under its domain
+        assert sum(k for k, _ in row["by_domain"].values()) == round(row["accuracy"] * 16)
     assert set(r["relative_time_pooled"]) == {"1", "4"}
     assert "## Acceptance" in (out / "stream_bench.md").read_text()
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
