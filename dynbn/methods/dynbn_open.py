@@ -3,7 +3,7 @@
 The detector names one of its domains for every frame, also for a corruption it never saw.
 ``dynbn_open`` also reads the detector's open-set distance (``dynbn.open_set``: Mahalanobis
 distance of the penultimate features, threshold set on held-out *training* frames of the
-known domains, 95 % of them kept). A frame above the threshold is *unknown* and does not use
+known domains, 98 % of them kept). A frame above the threshold is *unknown* and does not use
 a table entry at all.
 
 Fallback for unknown frames: the camera's own running statistics, i.e. ``bn_ema``'s
@@ -14,7 +14,7 @@ corruption's own statistics, and at batch size 1 it is as good as ``bn_ema``: be
 the source statistics and ``bn_prior`` once a few frames have been seen. (The source
 statistics alone were the other candidate: no state, but no gain either on an unseen
 corruption.) Known frames follow dynbn_vote exactly, so on seen corruptions the two arms
-differ only on the known frames the threshold rejects (5 % of held-out training frames).
+differ only on the known frames the threshold rejects (2 % of held-out training frames).
 """
 
 from __future__ import annotations
