@@ -69,6 +69,7 @@ class Worker:
         self.counters = Counter()
         self.stop = threading.Event()
         self._lost: set[int] = set()
+        self._releasing: set[int] = set()      # owned partitions being handed back: no new reads
         self._next_balance = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -174,10 +175,17 @@ class Worker:
             if p not in self.tokens and self.t.acquire(p, token, self.lease_ms):
                 self.tokens[p] = token
                 self._adopt(p)
-        for p in sorted(self.tokens)[target:]:
+        # over the fair share: stop reading the extra partitions, release each once its queued entries are done
+        self._releasing = set(sorted(self.tokens)[target:])
+        for p in sorted(self._releasing):
             if not any(e.partition == p for e in self.queue):
                 self.t.release(p, self.tokens[p])
                 self._drop(p)
+                self._releasing.discard(p)
+
+    def _readable(self) -> list[int]:
+        """Owned partitions to read new entries from (not those being handed back)."""
+        return sorted(set(self.tokens) - self._releasing)
 
     def _adopt(self, p: int) -> None:
         """Take a partition over: load its cameras' states, claim its pending entries (oldest first)."""
@@ -212,7 +220,7 @@ class Worker:
         """Up to batch_size entries: queued ones first, else read until full or max_wait after the first."""
         if self.queue:
             return [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
-        owned = sorted(self.tokens)
+        owned = self._readable()
         if not owned:
             self.stop.wait(0.1)
             return []
@@ -269,11 +277,9 @@ class Worker:
         self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
         commits: dict[int, Commit] = {}
         if good:
-            ahead = self._read_ahead()
             t0 = time.perf_counter()
             preds, found = self._predict(good)
             self.counters["predict_ms"] += int((time.perf_counter() - t0) * 1000)
-            ahead()
             t_done = time.time()
             for i, (e, m, _) in enumerate(good):
                 result = ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub,
@@ -288,39 +294,6 @@ class Worker:
             c.state = arms_mod.export_states(self.arms, {m.camera for e, m, _ in good if e.partition == p})
             self._commit(p, c)
         self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
-
-    def _read_ahead(self):
-        """Read the next batch's entries while the model runs; returns the call that joins them in.
-
-        torch releases the GIL inside its kernels, so the XREADGROUP round trip overlaps the
-        forward on another core. Only new entries are read, without blocking, from the
-        partitions owned now; they join ``queue`` like any over-read entries (processed
-        first, dropped with their partition, processed by ``_drain`` on SIGTERM, reclaimed by
-        another worker if this one dies). A failed read is left to the main loop's next read.
-        """
-        want = self.batch_size - len(self.queue)
-        owned = sorted(self.tokens)
-        if want <= 0 or not owned or self.stop.is_set():
-            return lambda: None
-        got: list[Entry] = []
-        seconds = [0.0]
-
-        def read():
-            t0 = time.perf_counter()
-            try:
-                got.extend(self.t.read(owned, self.name, want, 1))
-            except TRANSIENT:
-                pass
-            seconds[0] = time.perf_counter() - t0
-        thread = threading.Thread(target=read, name=f"{self.name}-read-ahead", daemon=True)
-        thread.start()
-
-        def join():
-            thread.join()
-            self.queue.extend(e for e in got if e.partition in self.tokens)
-            self.counters["read_ahead"] += len(got)
-            self.counters["read_ahead_ms"] += int(seconds[0] * 1000)
-        return join
 
     def _commit(self, p: int, c: Commit) -> None:
         token = self.tokens.get(p)
