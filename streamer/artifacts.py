@@ -37,7 +37,8 @@ def fit_config(scn: Scenario) -> FitConfig:
 
 def cache_key(model: str, cfg: FitConfig) -> str:
     """``{model}-{hash of the fit config}``: the cache sub-folder."""
-    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 1}, sort_keys=True, default=list)
+    # v2: detectors carry the open-set statistics and the clean bias comes from the wider grid
+    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 2}, sort_keys=True, default=list)
     return f"{model.replace(':', '_')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
