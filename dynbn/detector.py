@@ -82,9 +82,18 @@ class Detector(nn.Module):
         h = self.penultimate(x)
         logits = self.mlp[-1](h) + self.logit_bias
         hp = h @ self.ood_precision
-        mp = self.ood_means @ self.ood_precision
-        dist = (hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + (mp * self.ood_means).sum(1)
+        dist = (hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + self._mean_norms()
         return logits, dist.min(1).values
+
+    def _mean_norms(self) -> torch.Tensor:
+        """mean_d' P mean_d per domain: a constant of the fit, recomputed only when the buffers change
+        (at batch size 1 it would otherwise cost as much as the MLP for every frame)."""
+        key = (self.ood_means._version, self.ood_precision._version, self.ood_means.data_ptr(),
+               self.ood_precision.data_ptr())
+        if getattr(self, "_norms_key", None) != key:
+            self._norms = ((self.ood_means @ self.ood_precision) * self.ood_means).sum(1)
+            self._norms_key = key
+        return self._norms
 
     @property
     def has_open_set(self) -> bool:

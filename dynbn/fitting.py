@@ -119,9 +119,11 @@ def split_train(train: Split, seed: int) -> tuple[Split, Split]:
 
 
 @torch.no_grad()
-def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_out: Split, cfg: FitConfig,
-                    frost_dir) -> tuple[float, dict]:
+def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning: tuple, cfg: FitConfig
+                    ) -> tuple[float, dict]:
     """Choose the clean logit bias on held-out training frames; returns (bias, evidence).
+
+    ``tuning``: ``domain_samples`` of the held-out split (frames, domain indices, labels).
 
     Frames the detector cannot tell from clean (JPEG at quality 80, affine jitter, +5 %
     brightness) are harmless under the checkpoint's own statistics but lose accuracy
@@ -135,7 +137,7 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, held_o
     """
     from .per_sample import DomainSwitch
 
-    frames, domains, labels = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
+    frames, domains, labels = tuning
     x, domains, labels = to_tensor(frames), torch.from_numpy(domains), torch.from_numpy(labels)
     clean = cfg.domains.index(CLEAN)
     logits = detector.mlp(detector.features(x))
@@ -181,15 +183,15 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
     timings["tables_s"] = time.perf_counter() - t0
     log(f"BN tables for K in {sorted(tables)} ({timings['tables_s']:.0f} s)")
     t0 = time.perf_counter()
+    tuning = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
     if CLEAN in cfg.domains:
-        bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images], held_out, cfg, frost_dir)
+        bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images], tuning, cfg)
         detector.logit_bias[cfg.domains.index(CLEAN)] = bias
         timings["clean_bias"] = bias
         timings["clean_bias_evidence"] = evidence
         log(f"clean logit bias {bias:.2f} (held-out clean {evidence['grid'][f'{bias:.2f}']['clean']:.3f}, "
             f"checkpoint {evidence['source_clean']:.3f}; corrupted {evidence['grid'][f'{bias:.2f}']['corrupted']:.3f})")
-    tuning_frames, _, _ = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
-    open_set = fit_open_set(detector, to_tensor(frames), torch.from_numpy(labels), to_tensor(tuning_frames))
+    open_set = fit_open_set(detector, to_tensor(frames), torch.from_numpy(labels), to_tensor(tuning[0]))
     timings["open_set_threshold"] = open_set["threshold"]
     log(f"open set: unknown above distance {open_set['threshold']:.1f} "
         f"({open_set['known_kept']:.1%} of {open_set['held_out_frames']} held-out known frames kept)")

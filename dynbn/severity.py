@@ -419,26 +419,21 @@ def severity_markdown(r: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    """``--threads``: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, requirement: str, kind: str):
+    """An argparse type: an integer >= ``minimum``, with messages naming ``requirement``/``kind``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> int:
-    """``--seed``: a non-negative integer (numpy seeds the generators with it)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+_positive = _int_at_least(1, "at least 1", "an integer")                                  # --threads
+_seed = _int_at_least(0, "a non-negative integer", "a non-negative integer")            # --seed (numpy seeds)
 
 
 def _out_dir(text: str) -> Path:
