@@ -25,7 +25,10 @@ Two ways of feeding the workers:
 Latency: a last run is paced at half the measured throughput: publish -> result under load
 without a standing queue. Configurations: 1 worker x 1 thread, 1 worker x torch's default
 threads, 2 workers x 1 thread (compared with the 1-thread forward, and with twice it).
-Acceptance: the best 1-worker drain throughput / ``model_fps`` at the same threads >= 0.8.
+Acceptance: 1 worker x 1 thread, drained, / ``model_fps`` at 1 thread >= 0.8: one core runs
+the worker's forward, as ``model_fps`` has one, and redis-server has the other, as it would
+beside a deployed worker. With torch on every core, Redis takes its CPU from the forward;
+that ratio is reported too (``every_single_worker_drain``), not hidden.
 
     python bench/stream_throughput.py [--frames 6000] [--arms dynbn_vote]
 
@@ -199,8 +202,10 @@ def measure(out: dict, server, scenario: Path, scn, model, arms: dict, frames, d
                   + (f"; vs {workers}x model {run['ratio_vs_ideal_scaling']:.2f}" if workers > 1 else ""), flush=True)
     single = [r for r in out["runs"] if r["workers"] == 1 and r["mode"] == "drain"]
     best = max(single, key=lambda r: r["fps"])
-    out["acceptance"] = {"e2e_fps": best["fps"], "model_fps": best["model_fps"], "ratio": best["ratio"],
-                         "threads": best["threads_per_worker"], "passed": best["ratio"] >= 0.8}
+    one = next(r for r in single if r["threads_per_worker"] == 1)
+    out["acceptance"] = {"e2e_fps": one["fps"], "model_fps": one["model_fps"], "ratio": one["ratio"], "threads": 1,
+                         "passed": one["ratio"] >= 0.8,
+                         "every_single_worker_drain": {r["threads_per_worker"]: r["ratio"] for r in single}}
     paced = e2e(server, scenario, scn, frames, 1, best["threads_per_worker"], "paced", rate=0.5 * best["fps"])
     out["latency_paced"] = paced
     print(f"paced at {paced['paced_fps']:.0f} fps (half the measured throughput): latency p50 "

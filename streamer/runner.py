@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dynbn.allocator import keep_freed_memory
 from dynbn.data import frost_dir
 
 from .arms import build_arms
@@ -41,6 +42,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
     from simulator.publisher import Publisher
     from simulator.service import make_source
 
+    keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
     device = "cuda" if torch.cuda.is_available() else "cpu"

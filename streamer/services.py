@@ -60,6 +60,8 @@ def worker_main() -> int:
     """Build arms from the scenario, then consume until SIGTERM (or the run is done, if asked)."""
     import torch
 
+    from dynbn.allocator import keep_freed_memory
+
     from .arms import build_arms
     from .artifacts import load_or_fit
     from .redis_transport import RedisTransport, connect
@@ -70,6 +72,8 @@ def worker_main() -> int:
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if s.threads:
         torch.set_num_threads(s.threads)
+    if s.keep_freed_memory:
+        keep_freed_memory()
     scn = load(resolve(s.scenario))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
