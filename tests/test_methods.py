@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 from dynbn import bn_table
 from dynbn.detector import Detector
 from dynbn.methods import BASELINES, REGISTRY, BNAdapt, BNEMA, BNPrior, Source, Tent, UnMixTNS, build_method
+from dynbn.methods.dynbn_prior import group_moments, groups_of
 from dynbn.methods.norm_patch import instance_moments
 from dynbn.per_sample import DomainSwitch
 from dynbn.open_set import fit_open_set
 from dynbn.vote import VoteRule
 
 DOMAINS = ["clean", "dark", "noise"]
-STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open")
+STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open", "dynbn_prior")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,8 +160,51 @@ def test_per_sample_arms_do_not_depend_on_batch_mates(resnet20, frames, seed, si
     rng = np.random.default_rng(seed)
     mates = rng.choice(np.arange(1, 64), size - 1, replace=False)
     rows = np.concatenate([[0], mates])
-    for name in ("dynbn_frame", "dynbn_vote", "dynbn_oracle", "unmix_tns"):
+    # dynbn_prior too: it pools only frames of the same camera and voted domain, and the target's camera is alone
+    for name in ("dynbn_frame", "dynbn_vote", "dynbn_oracle", "unmix_tns", "dynbn_prior"):
         alone = build_method(name, resnet20, table=table, detector=det)(pool[:1], ["target"], truth[:1])
         cams = ["target"] + [f"c{i % 3}" for i in range(size - 1)]  # the target's camera has no other frame
         batch = build_method(name, resnet20, table=table, detector=det)(pool[rows], cams, [truth[i] for i in rows])
         assert torch.allclose(alone[0], batch[0], atol=1e-4), name
+
+
+def test_group_moments_are_each_groups_own_statistics():
+    h = torch.randn(7, 5, 4, 3, generator=torch.Generator().manual_seed(1)) * 2 + 1
+    group, groups = groups_of(["a", "b", "a", "a", "b", "c", "a"], np.array([0, 0, 0, 1, 0, 2, 0]))
+    assert group.tolist() == [0, 1, 0, 2, 1, 3, 0] and groups == 4
+    mean, var, frames = group_moments(h, group, groups)
+    assert frames.tolist() == [3, 2, 1, 1]
+    for g in range(groups):
+        rows = h[group == g]
+        assert torch.allclose(mean[g], rows.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert torch.allclose(var[g], rows.transpose(0, 1).reshape(5, -1).var(dim=1), atol=1e-4)  # unbiased
+
+
+def test_dynbn_prior_spans_the_table_to_the_groups_own_statistics(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames)
+    x, cams = torch.cat([frames[:6], noisy[:6]]), ["a"] * 6 + ["b"] * 6
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
+    far = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=1e12)
+    assert torch.allclose(far(x, cams), vote(x, cams), atol=1e-3)  # N -> inf: the table alone
+    assert torch.equal(far.last_index, vote.last_index)  # the same vote
+    zero = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0)
+    out = zero(x, cams)
+    for cam in ("a", "b"):  # N = 0, one group per camera and voted domain: that group's batch statistics
+        rows = [i for i, c in enumerate(cams) if c == cam]
+        for d in zero.last_index[rows].unique():
+            if det.domains[int(d)] == "clean":
+                continue  # clean frames keep the checkpoint's statistics (next test)
+            sel = [i for i in rows if zero.last_index[i] == d]
+            alone = BNPrior(resnet20, prior=0)(x[sel])
+            assert torch.allclose(out[sel], alone, atol=1e-3), (cam, int(d))
+
+
+def test_dynbn_prior_leaves_frames_voted_clean_on_the_clean_entry(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames)
+    clean = det.domains.index("clean")
+    det.logit_bias[clean] = 100.0  # every frame is voted clean
+    x = torch.cat([frames[:8], noisy[:8]])
+    prior = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0)  # test statistics only...
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
+    assert torch.allclose(prior(x, [0] * 16), vote(x, [0] * 16), atol=1e-4)  # ...but not for the clean entry
+    assert (prior.last_index == clean).all()

@@ -9,11 +9,12 @@ from .bn_ema import BNEMA
 from .bn_prior import BNPrior
 from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
 from .dynbn_open import DynBNOpen
+from .dynbn_prior import DynBNPrior
 from .dynbn_soft import DynBNSoft
 from .registry import BASELINES, REGISTRY, build_method
 from .source import Source
 from .tent import Tent
 from .unmix_tns import UnMixTNS
 
-__all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNOracle", "DynBNVote", "DynBNOpen", "DynBNSoft",
+__all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNOracle", "DynBNVote", "DynBNOpen", "DynBNPrior", "DynBNSoft",
            "Source", "Tent", "UnMixTNS", "REGISTRY", "BASELINES", "build_method"]

@@ -19,6 +19,7 @@ from .bn_ema import BNEMA
 from .bn_prior import BNPrior
 from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
 from .dynbn_open import DynBNOpen
+from .dynbn_prior import DynBNPrior
 from .dynbn_soft import DynBNSoft
 from .source import Source
 from .tent import Tent
@@ -61,6 +62,7 @@ REGISTRY: dict[str, Callable[..., Method]] = {
     "dynbn_vote": _with_detector(DynBNVote),
     "dynbn_open": _with_detector(DynBNOpen),
     "dynbn_soft": _with_detector(DynBNSoft),
+    "dynbn_prior": _with_detector(DynBNPrior),
     "dynbn_oracle": _with_table(DynBNOracle),
 }
 
