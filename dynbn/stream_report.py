@@ -222,5 +222,9 @@ def stream_markdown(r: dict) -> str:
                   "place). They are not the issues' acceptance.", ""]
         lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})"
                   for what, ok, detail in _checks(r, "dynbn_prior", "dynbn_prior")]
+        if r.get("streams") == "mixtures":
+            lines += [f"- B = {b}: dynbn_prior {_pct(_mean_over_periods(r, b, 'dynbn_prior'))}, dynbn_vote "
+                      f"{_pct(_mean_over_periods(r, b, 'dynbn_vote'))} (mean over N)"
+                      for b in r["batch_sizes"] if "dynbn_vote" in r["arms"]]
     lines += ["", f"Benchmark {r.get('bench_seconds', 0):.0f} s, whole command {r.get('total_seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
