@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 STYLE = {"dynbn_vote": dict(lw=2.5, color="black"), "dynbn_oracle": dict(ls="--", color="grey"),
-         "dynbn_frame": dict(ls=":", color="black"), "dynbn_prior": dict(lw=2, color="tab:red")}
+         "dynbn_frame": dict(ls=":", color="black"), "dynbn_prior": dict(lw=2.5, color="tab:cyan")}
 
 
 def accuracy_vs_period(r: dict, out: Path) -> list[Path]:
