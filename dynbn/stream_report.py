@@ -216,10 +216,10 @@ def stream_markdown(r: dict) -> str:
                   for b in r["batch_sizes"] if {"dynbn_soft", "dynbn_vote", "dynbn_frame"} <= set(r["arms"])]
     if "dynbn_prior" in r["arms"]:
         lines += ["", "## The same checks for dynbn_prior (beyond the issues)", "",
-                  "dynbn_prior mixes each frame's table entry with the statistics of its camera-and-segment group in "
-                  "the batch (N = 16 : n), so, unlike dynbn_vote, a frame's result depends on its group-mates; these "
-                  "lines apply the checks above to it (a check that needs dynbn_open applies to dynbn_prior in its "
-                  "place). They are not the issues' acceptance.", ""]
+                  "dynbn_prior mixes each frame's table entry with the statistics of its camera-and-segment group "
+                  f"in the batch (N = {bn_prior.PRIOR_STRENGTH} : n), so, unlike dynbn_vote, a frame's result depends "
+                  "on its group-mates; these lines apply the checks above to it (a check that needs dynbn_open "
+                  "applies to dynbn_prior in its place). They are not the issues' acceptance.", ""]
         lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})"
                   for what, ok, detail in _checks(r, "dynbn_prior", "dynbn_prior")]
         if r.get("streams") == "mixtures":

@@ -128,6 +128,15 @@ def test_acceptance_and_catch_up_read_the_rows():
     assert catch_up(r) == {(1, "bn_adapt"): 64, (64, "bn_adapt"): 64}
     checks = acceptance(r)
     assert [ok for _, ok, _ in checks] == [True, False, True]  # at N=64 bn_adapt leads dynbn_vote by 0.1 at B=1
+    # the same checks for another arm read that arm's rows and time, never dynbn_vote's
+    rows += [dict(row, arm="dynbn_prior", accuracy=0.55 if row["period"] == 4 and row["batch_size"] == 64 else 0.9,
+                  relative_time=1.3) for row in rows if row["arm"] == "dynbn_vote"]
+    r = dict(r, arms=r["arms"] + ["dynbn_prior"], rows=rows,
+             relative_time_pooled={"64": {"dynbn_vote": {"relative_time": 1.05, "batches": 8},
+                                          "dynbn_prior": {"relative_time": 1.3, "batches": 8}}})
+    prior = acceptance(r, "dynbn_prior")
+    assert [ok for _, ok, _ in prior] == [True, True, False]  # N=4 B=64: 0.55 still above bn_adapt's 0.3; 1.3 > 1.10
+    assert all("dynbn_prior" in what for what, _, _ in prior)
 
 
 def _fake_artifacts(model, folder):
@@ -183,7 +192,8 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
         assert sum(n for _, n in row["by_domain"].values()) == 16  # every frame counted under its domain
         assert sum(k for k, _ in row["by_domain"].values()) == round(row["accuracy"] * 16)
     assert set(r["relative_time_pooled"]) == {"1", "4"}
-    assert "## Acceptance" in (out / "stream_bench.md").read_text()
+    md = (out / "stream_bench.md").read_text()
+    assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
                                                     "around_shift_n8.png"}
 
