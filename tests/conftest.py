@@ -50,6 +50,14 @@ def resnet20(data_dir):
     return load_cifar_resnet(20, data_dir)
 
 
+@pytest.fixture(scope="module")
+def resnet20_module(one_thread, data_dir):
+    """The real ResNet-20, one per test module, for module-scoped fixtures built on it (tables)."""
+    from dynbn.models import load_cifar_resnet
+
+    return load_cifar_resnet(20, data_dir)
+
+
 @pytest.fixture(scope="session")
 def frames(test_split) -> torch.Tensor:
     """256 real test frames as float B x 3 x 32 x 32 in [0, 1]."""

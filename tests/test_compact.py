@@ -7,7 +7,6 @@ from torch import nn
 
 from dynbn import bn_table
 from dynbn.compact import KINDS, bytes_per_domain, from_compact, reconstruction_error, to_compact
-from dynbn.models import load_cifar_resnet
 from dynbn.per_sample import DomainSwitch
 
 # six synthetic corruptions of real frames: each moves the BN statistics its own way
@@ -23,8 +22,8 @@ D = len(SHIFTS)
 
 
 @pytest.fixture(scope="module")
-def model(one_thread, data_dir):
-    return load_cifar_resnet(20, data_dir)
+def model(resnet20_module):
+    return resnet20_module
 
 
 @pytest.fixture(scope="module")

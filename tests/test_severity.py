@@ -88,10 +88,8 @@ def test_interpolation_does_not_underflow():
 
 
 @pytest.fixture(scope="module")
-def model(one_thread, data_dir):
-    from dynbn.models import load_cifar_resnet
-
-    return load_cifar_resnet(20, data_dir)
+def model(resnet20_module):
+    return resnet20_module
 
 
 @pytest.fixture(scope="module")

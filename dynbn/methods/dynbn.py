@@ -9,6 +9,7 @@ deployed arm for streams.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..bn_table import BNTable, bn_layers
@@ -100,10 +101,15 @@ class DynBNVote(Method):
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+        cams = cameras_or_default(cameras, len(x))
         probs = self.detector(x).softmax(dim=1)
-        active = self.votes.update(cameras_or_default(cameras, len(x)), probs.double().cpu().numpy())
-        self.last_index = index = torch.from_numpy(active)
-        return self.table_forward(x, index)
+        active = self.votes.update(cams, probs.double().cpu().numpy())
+        self.last_index = torch.from_numpy(active)
+        return self.voted_forward(x, cams, active)
+
+    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
+        """The model once the vote has chosen each frame's domain (``active``); here, the table rows alone."""
+        return self.table_forward(x, torch.from_numpy(active))
 
     def table_forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by table row ``index[b]`` (into ``detector.domains``)."""

@@ -38,7 +38,6 @@ from ..bn_table import BNTable
 from ..detector import Detector
 from ..domains import CLEAN
 from ..vote import DEFAULT_RULE, VoteRule
-from .base import cameras_or_default
 from .bn_prior import PRIOR_STRENGTH
 from .dynbn import DynBNVote
 from .norm_patch import normalise_per_sample, patched_bn
@@ -81,27 +80,20 @@ class DynBNPrior(DynBNVote):
         # for clean frames: frames voted clean keep it unmixed, so clean frames lose nothing
         self.exact = torch.tensor([d == CLEAN for d in detector.domains])
 
-    @torch.no_grad()
-    def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
-        cams = cameras_or_default(cameras, len(x))
-        probs = self.detector(x).softmax(dim=1)
-        active = self.votes.update(cams, probs.double().cpu().numpy())
-        self.last_index = torch.from_numpy(active)
-        return self.prior_forward(x, cams, active)
-
-    def prior_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
+    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
         """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
         group, groups = groups_of(cams, active)
         index, group = torch.from_numpy(active).to(x.device), group.to(x.device)
-        exact = self.exact.to(x.device)[index][:, None]  # B x 1
+        # the table's weight per frame depends only on group sizes: the same in every layer
+        frames = torch.bincount(group, minlength=groups).to(x.dtype)
+        w = (self.prior / (self.prior + frames))[group, None]                  # B x 1
+        w = torch.where(self.exact.to(x.device)[index][:, None], torch.ones_like(w), w)
 
         def make(name, bn):
             table_mean, table_var = self.stats[name]
 
             def fwd(h):
-                mean, var, frames = group_moments(h, group, groups)
-                w = (self.prior / (self.prior + frames))[group, None]        # B x 1: weight of the table
-                w = torch.where(exact, torch.ones_like(w), w)
+                mean, var, _ = group_moments(h, group, groups)
                 return normalise_per_sample(h, bn, w * table_mean[index] + (1 - w) * mean[group],
                                             w * table_var[index] + (1 - w) * var[group])
             return fwd
