@@ -41,16 +41,16 @@ def _rule(text: str):
 
 
 def quick_fit(seed: int):
-    """The ``--quick`` recipe: ``dynbn reproduce --quick``'s, with a smaller detector training set.
+    """The ``--quick`` recipe: ``dynbn reproduce --quick``'s (400 frames per domain and severity for
+    the detector, 15 epochs; 256 frames per domain for the table).
 
-    150 instead of 400 frames per domain and severity, 12 instead of 15 epochs: the whole
-    fit takes about a minute on 2 busy cores, so the quick benchmark stays under 5 minutes.
+    Until the detector shrank to (256, 128) hidden units the quick recipe also cut the detector's
+    set to 150 frames per domain and severity; at the smaller size the full 400 cost what 150 did
+    (a minute on 2 cores) and raise the held-out detection rate from 69 % to 73 %.
     """
     from .evaluate import ReproduceConfig
 
-    cfg = ReproduceConfig.quick(seed).fit
-    cfg.detector_images, cfg.detector.epochs = 150, 12
-    return cfg
+    return ReproduceConfig.quick(seed).fit
 
 
 def artifacts(args, model, out: Path, log=print):
