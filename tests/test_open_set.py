@@ -51,7 +51,7 @@ def test_open_set_survives_save_and_load_and_old_files_load_without_it(parts, tm
     det.save(tmp_path / "d.safetensors")
     back = Detector.load(tmp_path / "d.safetensors")
     assert back.has_open_set and torch.equal(back.ood_precision, det.ood_precision)
-    old = Detector(DOMAINS)  # a file written before the open set existed has no ood_* tensors
+    old = Detector(DOMAINS, hidden=(512, 256))  # a file written before the open set existed: no ood_* tensors
     from safetensors.torch import save_file
     import json
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("ood_")}
