@@ -126,9 +126,11 @@ def open_set_acceptance(r: dict, arm: str = "dynbn_open") -> list[tuple[str, boo
     return checks
 
 
-def _checks(r: dict, vote_arm: str, open_arm: str) -> list[tuple[str, bool, str]]:
+def _checks(r: dict, vote_arm: str, open_arm: str) -> list[str]:
+    """The markdown lines of both issues' checks, for ``vote_arm`` and ``open_arm``."""
     seen = r.get("streams", "seen") == "seen"
-    return (acceptance(r, vote_arm) if seen else []) + open_set_acceptance(r, open_arm)
+    checks = (acceptance(r, vote_arm) if seen else []) + open_set_acceptance(r, open_arm)
+    return [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
 
 
 def _intro(r: dict) -> list[str]:
@@ -207,8 +209,7 @@ def stream_markdown(r: dict) -> str:
               "make single cells noisy on a shared machine).", ""]
     lines += _table(r, "relative_time", lambda v: "–" if v is None else f"{v:.2f}", pooled=True)
     lines += _domain_choice(r) + _by_domain(r) + _catch_up_table(r) + ["## Acceptance", ""]
-    checks = _checks(r, "dynbn_vote", "dynbn_open")
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
+    lines += _checks(r, "dynbn_vote", "dynbn_open")
     if r.get("streams") == "mixtures":
         lines += [f"- B = {b}: dynbn_soft {_pct(_mean_over_periods(r, b, 'dynbn_soft'))}, dynbn_vote (hard) "
                   f"{_pct(_mean_over_periods(r, b, 'dynbn_vote'))}, dynbn_frame (hard, no vote) "
@@ -220,8 +221,7 @@ def stream_markdown(r: dict) -> str:
                   f"in the batch (N = {bn_prior.PRIOR_STRENGTH} : n), so, unlike dynbn_vote, a frame's result depends "
                   "on its group-mates; these lines apply the checks above to it (a check that needs dynbn_open "
                   "applies to dynbn_prior in its place). They are not the issues' acceptance.", ""]
-        lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})"
-                  for what, ok, detail in _checks(r, "dynbn_prior", "dynbn_prior")]
+        lines += _checks(r, "dynbn_prior", "dynbn_prior")
         if r.get("streams") == "mixtures":
             lines += [f"- B = {b}: dynbn_prior {_pct(_mean_over_periods(r, b, 'dynbn_prior'))}, dynbn_vote "
                       f"{_pct(_mean_over_periods(r, b, 'dynbn_vote'))} (mean over N)"

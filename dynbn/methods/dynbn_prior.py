@@ -51,12 +51,23 @@ def groups_of(cameras: list, active: np.ndarray) -> tuple[torch.Tensor, int]:
     return torch.tensor(index, dtype=torch.long), len(ids)
 
 
-def group_moments(h: torch.Tensor, group: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-group channel mean and unbiased variance of ``B x C x H x W`` activations, and frames per group."""
+def group_frames(group: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Frames per group (G,)."""
+    return torch.bincount(group, minlength=groups).to(dtype)
+
+
+def group_moments(h: torch.Tensor, group: torch.Tensor, groups: int, frames: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group channel mean and unbiased variance of ``B x C x H x W`` activations, and frames per group.
+
+    ``frames``: ``group_frames(group, groups, h.dtype)`` when the caller has it already (it is the
+    same in every BN layer of one batch).
+    """
     pixels = h.shape[2] * h.shape[3]
     s1 = h.sum(dim=(2, 3))                      # B x C
     s2 = (h * h).sum(dim=(2, 3))                # (vector_norm measured slower on channels-last activations)
-    frames = torch.bincount(group, minlength=groups).to(h.dtype)       # G
+    if frames is None:
+        frames = group_frames(group, groups, h.dtype)                   # G
     g1 = h.new_zeros(groups, h.shape[1]).index_add_(0, group, s1)
     g2 = h.new_zeros(groups, h.shape[1]).index_add_(0, group, s2)
     n = (frames * pixels)[:, None]
@@ -86,7 +97,7 @@ class DynBNPrior(DynBNVote):
         group, groups = groups_of(cams, active)
         index, group = torch.from_numpy(active).to(x.device), group.to(x.device)
         # the table's weight per frame depends only on group sizes: the same in every layer
-        frames = torch.bincount(group, minlength=groups).to(x.dtype)
+        frames = group_frames(group, groups, x.dtype)
         w = (self.prior / (self.prior + frames))[group, None]                  # B x 1
         w = torch.where(self.exact.to(x.device)[index][:, None], torch.ones_like(w), w)
 
@@ -94,7 +105,7 @@ class DynBNPrior(DynBNVote):
             table_mean, table_var = self.stats[name]
 
             def fwd(h):
-                mean, var, _ = group_moments(h, group, groups)
+                mean, var, _ = group_moments(h, group, groups, frames)
                 return normalise_per_sample(h, bn, w * table_mean[index] + (1 - w) * mean[group],
                                             w * table_var[index] + (1 - w) * var[group])
             return fwd
