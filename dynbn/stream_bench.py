@@ -41,6 +41,7 @@ class BenchConfig:
     arms: tuple[str, ...] = tuple(REGISTRY)
     arm_kwargs: dict = field(default_factory=dict)
     streams: str = "seen"         # "seen" (the detector's corruptions), "held-out" (EXTRA) or "mixtures" (MIXTURES)
+    split: str = "test"           # "test", or "train": training images held out of fitting (for design choices)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -143,6 +144,9 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
     src = runs.get("source")
     first = (stream.since_shift < cfg.first_k) & (stream.segment > 0)
     truth_names = np.array(stream.domains)[stream.domain]
+    opened = runs.get("dynbn_open")
+    # the frames dynbn_open calls unknown: how every arm does on them shows what each policy would give them
+    flagged = opened.active == len(domain_names) if opened is not None and opened.active is not None else None
     rows, curves = [], {}
     for arm, run in runs.items():
         if (run.preds < 0).any():
@@ -155,6 +159,8 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
                "time_per_frame_ms": 1e3 * tpf,
                "by_domain": {d: [int(correct[truth_names == d].sum()), int((truth_names == d).sum())]
                              for d in sorted(set(truth_names))}}  # [right, frames] per streamed domain
+        if flagged is not None:
+            row["on_unknown"] = [int(correct[flagged].sum()), int(flagged.sum())]  # [right, frames]
         if src is not None:
             ratios = np.array(run.seconds) / np.array(src.seconds)
             row["relative_time"] = float(np.median(ratios))
@@ -190,16 +196,18 @@ def make_arms(cfg: BenchConfig, model, table, detector) -> dict:
 
 
 def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=print) -> dict:
-    """The whole benchmark on a test split (shuffled with the seed); returns the report dict."""
+    """The whole benchmark on ``test`` (shuffled with the seed; with ``cfg.split == "train"``, the
+    training images ``fitting.split_train`` holds out of fitting); returns the report dict."""
     t_start = time.perf_counter()
     pool = test.subset(None, cfg.seed)
+    purpose = "test" if cfg.split == "test" else "tune"  # training frames get their own corruption draws
     arms = make_arms(cfg, model, table, detector)
     rows, curves, ratios = [], {}, {}
     for period in cfg.periods:
         rng = np.random.default_rng([cfg.seed, 20, period])
         frames_per_camera = -(-cfg.frames // cfg.cameras)
         schedules = periodic_schedules(cfg.domains, period, frames_per_camera, cfg.cameras, rng, cfg.severity, cfg.phase)
-        stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, "test")
+        stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, purpose)
         for batch_size in cfg.batch_sizes:
             t0 = time.perf_counter()
             for arm in arms.values():
@@ -216,7 +224,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
     vote = arms.get("dynbn_vote")
     return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
-            "streams": cfg.streams,
+            "streams": cfg.streams, "split": cfg.split,
             "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
             "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
             "curve_offsets": [-cfg.before, cfg.after - 1],

@@ -123,7 +123,13 @@ def cmd_stream_bench(args) -> int:
         cfg.arm_kwargs.setdefault("bn_prior", {})["prior"] = args.prior
     if args.ema_momentum is not None:
         cfg.arm_kwargs.setdefault("bn_ema", {})["momentum"] = args.ema_momentum
-    test = data.load_cifar10("test", args.data_dir)
+    if args.train_split:
+        from .fitting import split_train
+
+        cfg.split = "train"
+        test = split_train(data.load_cifar10("train", args.data_dir), args.seed)[1]
+    else:
+        test = data.load_cifar10("test", args.data_dir)
     result = run_bench(cfg, model, table, detector, test, data.frost_dir(args.data_dir), log)
     result.update(info, model=args.model, command="dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   total_seconds=round(time.perf_counter() - start, 1))
@@ -196,6 +202,8 @@ def register(subparsers) -> None:
                        help="stream only the 4 extra corruptions, which the detector and the tables never saw")
     which.add_argument("--mixtures", action="store_true",
                        help="stream two corruptions at once (dynbn.domains.MIXTURES), soft against hard selection")
+    p.add_argument("--train-split", action="store_true",
+                   help="stream the training images held out of fitting instead of the test split (for design choices)")
     p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD overriding the tuned vote rule")
     p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")

@@ -1,4 +1,4 @@
-"""Issue 5's arms and streams: the open-set score, dynbn_open's fallback, dynbn_soft's mixing, composed corruptions."""
+"""Issue 5's arms and streams: the open-set score, dynbn_open's two paths, dynbn_soft's mixing, composed corruptions."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,8 @@ import torch
 from dynbn import bn_table
 from dynbn.detector import Detector, DetectorConfig, fit
 from dynbn.fitting import apply
-from dynbn.methods import BNEMA, DynBNFrame, DynBNOpen, DynBNSoft, DynBNVote
+from dynbn.methods import BNPrior, DynBNFrame, DynBNOpen, DynBNPrior, DynBNSoft
+from dynbn.vote import VoteRule
 from dynbn.open_set import fit_open_set
 from dynbn.stream_bench import domain_right
 
@@ -60,30 +61,51 @@ def test_open_set_survives_save_and_load_and_old_files_load_without_it(parts, tm
     assert not Detector.load(tmp_path / "old.safetensors").has_open_set
 
 
-def test_dynbn_open_is_dynbn_vote_on_known_frames_and_bn_ema_on_unknown_ones(parts, frames):
+def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(parts, frames):
     model, table, det, noisy, *_ = parts
     x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
     det.ood_threshold.fill_(1e30)  # nothing is unknown
-    assert torch.equal(DynBNOpen(model, table, det)(x, cams), DynBNVote(model, table, det)(x, cams))
-    det.ood_threshold.fill_(-1.0)  # everything is unknown: the camera's own moving averages
-    open_, ema = DynBNOpen(model, table, det), BNEMA(model)
-    for _ in range(2):  # the fallback keeps its state across batches, like bn_ema
-        assert torch.allclose(open_(x, cams), ema(x, cams), atol=1e-5)
+    assert torch.allclose(DynBNOpen(model, table, det)(x, cams), DynBNPrior(model, table, det)(x, cams), atol=1e-6)
+    det.ood_threshold.fill_(-1.0)  # everything is unknown: per camera, the checkpoint's statistics mixed N : n
+    open_ = DynBNOpen(model, table, det)
+    expected = torch.empty(len(x), 10)
+    for cam in (0, 1):
+        rows = [i for i, c in enumerate(cams) if c == cam]
+        expected[rows] = BNPrior(model)(x[rows])
+    for _ in range(2):  # no state: the same batch twice gives the same result
+        assert torch.allclose(open_(x, cams), expected, atol=1e-4)
     assert open_.last_domains == ["unknown"] * len(x)
     det.ood_threshold.fill_(float("inf"))
     with pytest.raises(ValueError, match="no open-set statistics"):
         DynBNOpen(model, table, det)
 
 
+def _half_unknown(det, x):
+    """Set the threshold so that half of ``x`` is unknown, no frame on the edge; returns the unknown mask."""
+    with torch.no_grad():
+        ordered = det.logits_and_distance(x)[1].sort().values
+    det.ood_threshold.fill_(float(ordered[3] + ordered[4]) / 2)
+    unknown = (det.logits_and_distance(x)[1] > det.ood_threshold).numpy()
+    assert 0 < unknown.sum() < len(x)
+    return unknown
+
+
+def test_dynbn_open_keeps_a_cameras_known_and_unknown_frames_in_separate_groups(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x, cams = torch.cat([frames[100:104], noisy[104:108]]), [7] * 8  # one camera
+    unknown = _half_unknown(det, x)
+    argmax = VoteRule(1, 0.0, 1)  # no memory: a frame's domain does not depend on the frames before it
+    together = DynBNOpen(model, table, det, rule=argmax)(x, cams)
+    known = np.flatnonzero(~unknown)
+    alone = DynBNPrior(model, table, det, rule=argmax)(x[known], [7] * len(known))
+    assert torch.allclose(together[known], alone, atol=1e-4)
+    assert torch.allclose(together[np.flatnonzero(unknown)], BNPrior(model)(x[np.flatnonzero(unknown)]), atol=1e-4)
+
+
 def test_dynbn_open_mixes_known_and_unknown_frames_in_one_batch_without_coupling_them(parts, frames):
     model, table, det, noisy, *_ = parts
     x, cams = torch.cat([frames[100:104], noisy[104:108]]), list(range(8))  # one camera per frame
-    with torch.no_grad():
-        ordered = det.logits_and_distance(x)[1].sort().values
-    det.ood_threshold.fill_(float(ordered[3] + ordered[4]) / 2)  # half the frames are unknown, none on the edge
-    dist = det.logits_and_distance(x)[1].detach()
-    unknown = (dist > det.ood_threshold).numpy()
-    assert 0 < unknown.sum() < len(x)
+    _half_unknown(det, x)
     together = DynBNOpen(model, table, det)(x, cams)
     alone = torch.cat([DynBNOpen(model, table, det)(x[i:i + 1], cams[i:i + 1]) for i in range(len(x))])
     assert torch.allclose(together, alone, atol=1e-4)

@@ -15,6 +15,7 @@ from dynbn.domains import DEFAULT_DOMAINS
 from dynbn.methods import REGISTRY, build_method
 from dynbn.open_set import fit_open_set
 from dynbn.schedule import explicit
+from dynbn.spectrum import to_tensor
 from dynbn.stream import build_stream
 from dynbn.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
 from dynbn.stream_report import acceptance, catch_up
@@ -118,6 +119,24 @@ def test_summary_rows_hold_the_contract_keys(cheap_domains, parts, test_split):
     assert set(curves) == {"source", "dynbn_vote"}
 
 
+def test_summary_counts_every_arm_on_the_frames_dynbn_open_calls_unknown(cheap_domains, parts, test_split):
+    model, table, det = parts
+    s = build_stream(test_split.images, test_split.labels, [explicit([("dark", 6), ("noise", 6)])], DOMAINS, 0, None)
+    with torch.no_grad():
+        dist = det.logits_and_distance(to_tensor(s.images))[1]
+    det.ood_threshold.fill_(float(dist.median()))  # about half the frames are unknown
+    arms = {n: build_method(n, model, table=table, detector=det) for n in ("source", "dynbn_open")}
+    runs = run_combo(arms, s, 4)
+    rows, _ = summarise(s, runs, 6, 4, BenchConfig(first_k=2), list(DOMAINS))
+    flagged = runs["dynbn_open"].active == len(DOMAINS)
+    assert 0 < flagged.sum() < len(s)
+    for row in rows:
+        correct = runs[row["arm"]].preds == s.labels
+        assert row["on_unknown"] == [int(correct[flagged].sum()), int(flagged.sum())]
+    no_open = summarise(s, {"source": runs["source"]}, 6, 4, BenchConfig(first_k=2), list(DOMAINS))[0]
+    assert "on_unknown" not in no_open[0]
+
+
 def test_acceptance_and_catch_up_read_the_rows():
     rows = [{"period": n, "batch_size": b, "arm": a, "accuracy": acc, "relative_time": t}
             for n in (4, 64) for b in (1, 64)
@@ -196,6 +215,33 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
     assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
                                                     "around_shift_n8.png"}
+
+
+def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_path, resnet20, data_dir, monkeypatch):
+    import dynbn.stream_bench as bench
+    from dynbn import data
+    from dynbn.cli import main
+    from dynbn.fitting import split_train
+
+    seen = []
+
+    def recording(images, labels, schedules, domains, seed, frost_dir, purpose="test"):
+        seen.append((images, purpose))
+        return build_stream(images, labels, schedules, domains, seed, frost_dir, purpose)
+
+    monkeypatch.setattr(bench, "build_stream", recording)
+    art, out = tmp_path / "art", tmp_path / "out"
+    _fake_artifacts(resnet20, art)
+    assert main(["stream-bench", "--periods", "4", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_open",
+                 "--train-split", "--held-out", "--artifacts", str(art), "--data-dir", str(data_dir),
+                 "--out", str(out)]) == 0
+    pool = split_train(data.load_cifar10("train", data_dir), 0)[1].subset(None, 0)
+    assert len(seen) == 1 and np.array_equal(seen[0][0], pool.images) and seen[0][1] == "tune"
+    r = json.loads((out / "stream_bench.json").read_text())
+    assert r["split"] == "train" and r["streams"] == "held-out"
+    assert all("on_unknown" in row for row in r["rows"])
+    md = (out / "stream_bench.md").read_text()
+    assert "training frames" in md and "## Acceptance" not in md and "on training streams" in md
 
 
 def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, monkeypatch):

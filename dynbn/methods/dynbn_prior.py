@@ -94,20 +94,27 @@ class DynBNPrior(DynBNVote):
 
     def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
         """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
-        group, groups = groups_of(cams, active)
-        index, group = torch.from_numpy(active).to(x.device), group.to(x.device)
-        # the table's weight per frame depends only on group sizes: the same in every layer
+        return self.prior_forward(x, cams, active, active, self.exact[torch.from_numpy(active)])
+
+    def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, keys: np.ndarray,
+                      exact: torch.Tensor) -> torch.Tensor:
+        """The model with frame b normalised by prior row ``rows[b]`` of ``self.stats``, mixed N : n with
+        the statistics of its group (the batch's frames with b's camera and ``keys[b]``); frames with
+        ``exact[b]`` keep their prior row unmixed."""
+        group, groups = groups_of(cams, keys)
+        index, group = torch.from_numpy(rows).to(x.device), group.to(x.device)
+        # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
         w = (self.prior / (self.prior + frames))[group, None]                  # B x 1
-        w = torch.where(self.exact.to(x.device)[index][:, None], torch.ones_like(w), w)
+        w = torch.where(exact.to(x.device)[:, None], torch.ones_like(w), w)
 
         def make(name, bn):
-            table_mean, table_var = self.stats[name]
+            prior_mean, prior_var = self.stats[name]
 
             def fwd(h):
                 mean, var, _ = group_moments(h, group, groups, frames)
-                return normalise_per_sample(h, bn, w * table_mean[index] + (1 - w) * mean[group],
-                                            w * table_var[index] + (1 - w) * var[group])
+                return normalise_per_sample(h, bn, w * prior_mean[index] + (1 - w) * mean[group],
+                                            w * prior_var[index] + (1 - w) * var[group])
             return fwd
 
         with patched_bn(self.layers, make):
