@@ -261,3 +261,16 @@ def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, mo
     r = json.loads((out / "stream_bench.json").read_text())
     tuned = json.loads((out / "vote_tuning.json").read_text())
     assert r["vote_rule"] == tuned["best_rule"] and r["arm_kwargs"]["bn_ema"]["momentum"] == "0.1"
+
+
+def test_committed_reports_are_their_json_rendered():
+    """Every committed stream-bench report is what ``stream_markdown`` makes of its JSON (no hand edits, no
+    report written by older report code)."""
+    from pathlib import Path
+
+    from dynbn.stream_report import stream_markdown
+
+    reports = sorted((Path(__file__).parent.parent / "docs").glob("stream_bench_*/stream_bench.json"))
+    assert len(reports) >= 6
+    for path in reports:
+        assert stream_markdown(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path.parent.name

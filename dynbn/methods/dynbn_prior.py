@@ -23,7 +23,7 @@ So a batch never mixes statistics across cameras or across a detected shift, a l
 and 16 frames of one segment weigh as much as the table. What it gives up: a frame's
 prediction depends on its group-mates (those of its camera and segment in the same batch),
 so unlike dynbn_vote the result is not per-frame; and it costs a per-group reduction per
-BN layer (1.24-1.27x ``source`` at B = 64 in the quick benchmarks, against 1.03-1.04x
+BN layer (1.20-1.27x ``source`` at B = 64 in the benchmarks, against 1.03-1.06x
 for dynbn_vote). Other groupings were measured and lost: by camera alone (pools frames
 across a shift), by camera and corruption family, and with a camera's group statistics
 carried over into the next batch. Measured against the other arms: ``dynbn stream-bench``
