@@ -127,10 +127,10 @@ def cmd_stream_bench(args) -> int:
         from .fitting import split_train
 
         cfg.split = "train"
-        test = split_train(data.load_cifar10("train", args.data_dir), args.seed)[1]
+        frames = split_train(data.load_cifar10("train", args.data_dir), args.seed)[1]
     else:
-        test = data.load_cifar10("test", args.data_dir)
-    result = run_bench(cfg, model, table, detector, test, data.frost_dir(args.data_dir), log)
+        frames = data.load_cifar10("test", args.data_dir)
+    result = run_bench(cfg, model, table, detector, frames, data.frost_dir(args.data_dir), log)
     result.update(info, model=args.model, command="dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   total_seconds=round(time.perf_counter() - start, 1))
     (out / "stream_bench.json").write_text(json.dumps(result, indent=1, default=str))

@@ -212,12 +212,13 @@ def _on_unknown(r: dict) -> list[str]:
              "dynbn_open's choice of policy for them.", "",
              "| B | frames | " + " | ".join(r["arms"]) + " |", "|---:|---:|" + "---:|" * len(r["arms"])]
     for b in r["batch_sizes"]:
-        pooled = {arm: [sum(v) for v in zip(*(x["on_unknown"] for x in r["rows"]
-                                                if x["batch_size"] == b and x["arm"] == arm and "on_unknown" in x))]
-                  for arm in r["arms"]}
-        frames = pooled[r["arms"][0]][1] if pooled[r["arms"][0]] else 0
+        pooled = {arm: [0, 0] for arm in r["arms"]}  # [right, frames] over the periods
+        for x in r["rows"]:
+            if x["batch_size"] == b and "on_unknown" in x:
+                pooled[x["arm"]] = [p + q for p, q in zip(pooled[x["arm"]], x["on_unknown"])]
+        frames = pooled[r["arms"][0]][1]  # every arm is scored on the same frames
         lines.append(f"| {b} | {frames} | " + " | ".join(
-            _pct(v[0] / v[1]) if v and v[1] else "–" for v in pooled.values()) + " |")
+            _pct(right / n) if n else "–" for right, n in pooled.values()) + " |")
     return lines + [""]
 
 

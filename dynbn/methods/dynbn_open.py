@@ -79,6 +79,6 @@ class DynBNOpen(DynBNPrior):
         unknown = (distance > self.detector.ood_threshold).cpu().numpy()
         rows = np.where(unknown, self.unknown, active)
         self.last_index = torch.from_numpy(rows)
-        # the group key of an unknown frame is the extra row, so a camera's unknown frames form their own group
+        # groups are (camera, prior row): a camera's unknown frames, all on the extra row, form their own group
         exact = self.exact[torch.from_numpy(active)] & ~torch.from_numpy(unknown)
-        return self.prior_forward(x, cams, rows, rows, exact)
+        return self.prior_forward(x, cams, rows, exact)

@@ -94,14 +94,13 @@ class DynBNPrior(DynBNVote):
 
     def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
         """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
-        return self.prior_forward(x, cams, active, active, self.exact[torch.from_numpy(active)])
+        return self.prior_forward(x, cams, active, self.exact[torch.from_numpy(active)])
 
-    def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, keys: np.ndarray,
-                      exact: torch.Tensor) -> torch.Tensor:
+    def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, exact: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by prior row ``rows[b]`` of ``self.stats``, mixed N : n with
-        the statistics of its group (the batch's frames with b's camera and ``keys[b]``); frames with
+        the statistics of its group (the batch's frames with b's camera and prior row); frames with
         ``exact[b]`` keep their prior row unmixed."""
-        group, groups = groups_of(cams, keys)
+        group, groups = groups_of(cams, rows)
         index, group = torch.from_numpy(rows).to(x.device), group.to(x.device)
         # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
