@@ -66,7 +66,9 @@ def artifacts(args, model, out: Path, log=print):
         table = BNTable.load(src / f"bn_table-{args.model}.safetensors", model)
         return detector, table, {"artifacts": str(src)}
     cfg = quick_fit(args.seed) if args.quick else FitConfig(seed=args.seed)
-    cfg.detector.seed = args.seed
+    # the detector's own seed (weights and batch order) can be set apart from the data's, to measure
+    # how much the arms that read the detector move between fits of the same data
+    cfg.detector.seed = args.seed if args.detector_seed is None else args.detector_seed
     train = data.load_cifar10("train", args.data_dir)
     detector, tables, timings = build(model, train, cfg, data.frost_dir(args.data_dir), log=log)
     table = tables[cfg.table_images]
@@ -112,6 +114,10 @@ def cmd_stream_bench(args) -> int:
             print(f"error: dynbn_oracle needs a table entry for every streamed domain; the {cfg.streams} streams "
                   "have none", file=sys.stderr)
             return 2
+    if args.artifacts and args.detector_seed is not None:
+        print("error: --detector-seed refits the detector; it cannot apply to the one loaded by --artifacts",
+              file=sys.stderr)
+        return 2
     model = build_model(args.model, args.data_dir)
     detector, table, info = artifacts(args, model, out, log)
     if args.tune_vote:
@@ -131,6 +137,8 @@ def cmd_stream_bench(args) -> int:
     else:
         frames = data.load_cifar10("test", args.data_dir)
     result = run_bench(cfg, model, table, detector, frames, data.frost_dir(args.data_dir), log)
+    if args.detector_seed is not None and not args.artifacts:
+        result["detector_seed"] = args.detector_seed
     result.update(info, model=args.model, command="dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   total_seconds=round(time.perf_counter() - start, 1))
     (out / "stream_bench.json").write_text(json.dumps(result, indent=1, default=str))
@@ -181,6 +189,9 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--severity", type=int, choices=range(1, 6), default=5, help="corruption severity (default 5)")
     p.add_argument("--artifacts", default=None, help="folder written by `dynbn fit --out` (default: fit here)")
+    p.add_argument("--detector-seed", type=int, default=None,
+                   help="seed of the detector's weights and batch order only (default: --seed); with a fixed "
+                        "--seed, it refits the same frames, so the spread over detector seeds is the fit's own noise")
     p.add_argument("--quick", action="store_true", help="small fit and few frames (minutes)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: with 2, torch collapses when another process holds a core)")

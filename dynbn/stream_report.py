@@ -142,7 +142,8 @@ def _intro(r: dict) -> list[str]:
     rule = r.get("vote_rule") or {}
     overrides = "; ".join(f"{a}: {kw}" for a, kw in (r.get("arm_kwargs") or {}).items()) or "none"
     return [f"# dynbn stream-bench ({r.get('model', 'resnet20')}, severity {r['severity']}, {r['cameras']} camera(s), "
-            f"{r['frames']} frames per stream, seed {r['seed']})", "",
+            f"{r['frames']} frames per stream, seed {r['seed']}"
+            + (f", detector seed {r['detector_seed']}" if "detector_seed" in r else "") + ")", "",
             f"Regenerate: `{r.get('command', 'dynbn stream-bench')}`", "", CAVEAT, "",
             f"Each period N has one stream of shuffled CIFAR-10 {_FRAMES[r.get('split', 'test')]}; every camera changes corruption every N "
             f"frames ({'joining its schedule at a random phase' if r.get('phase', True) else 'all starting on a shift'}); "

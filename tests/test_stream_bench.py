@@ -244,6 +244,37 @@ def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_pat
     assert "training frames" in md and "## Acceptance" not in md and "on training streams" in md
 
 
+def test_cli_detector_seed_refits_only_the_detector(tmp_path, resnet20, data_dir, monkeypatch, capsys):
+    """--detector-seed changes the detector's seed and nothing else of the fit; it refuses --artifacts."""
+    import dynbn.fitting as fitting
+    from dynbn.bn_table import BNTable
+    from dynbn.cli import main
+
+    art = tmp_path / "art"
+    table = _fake_artifacts(resnet20, art)
+    fits = []
+
+    def recording_build(model, train, cfg, frost_dir, ks=None, log=print):
+        fits.append((cfg.seed, cfg.detector.seed))
+        return Detector.load(art / "detector.safetensors"), {cfg.table_images: table}, {}
+
+    monkeypatch.setattr(fitting, "build", recording_build)
+    args = ["stream-bench", "--periods", "4", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_vote",
+            "--seed", "3", "--data-dir", str(data_dir)]
+    assert main(args + ["--detector-seed", "7", "--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert fits == [(3, 7), (3, 3)]  # the data's seed stays --seed; only the detector's follows --detector-seed
+    r = json.loads((tmp_path / "a" / "stream_bench.json").read_text())
+    assert r["seed"] == 3 and r["detector_seed"] == 7
+    assert "seed 3, detector seed 7)" in (tmp_path / "a" / "stream_bench.md").read_text()
+    assert "detector_seed" not in json.loads((tmp_path / "b" / "stream_bench.json").read_text())
+    assert isinstance(BNTable.load(tmp_path / "a" / "artifacts" / "bn_table-resnet20.safetensors", resnet20), BNTable)
+
+    capsys.readouterr()
+    assert main(args + ["--detector-seed", "7", "--artifacts", str(art), "--out", str(tmp_path / "c")]) == 2
+    assert "--detector-seed" in capsys.readouterr().err and not (tmp_path / "c" / "stream_bench.json").exists()
+
+
 def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, monkeypatch):
     import functools
 
