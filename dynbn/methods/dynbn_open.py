@@ -26,6 +26,12 @@ by the camera's unknown frames, which are rare, so it stayed near the checkpoint
 and needed state across batches. A per-camera memory of each group's statistics carried
 across batches was tried for all frames and gained nothing at B = 1.
 
+Also tried on the held-out corruptions' training streams (quick, ``--train-split``) and not taken:
+choosing per frame between this arm's logits and those under bn_prior's rule by the lower
+entropy or the higher maximum probability. It gains at B = 16 (54.5 and 54.8 % against 53.8,
+mean over N) but loses at B = 1 (50.7 and 51.0 against 51.6), where an unseen corruption is
+hardest to catch: a confident wrong table looks as good as a right one.
+
 What it gives up: as in ``dynbn_prior``, a frame's prediction depends on its group-mates
 (its camera's frames in the batch with its voted domain, or its camera's unknown frames).
 """
