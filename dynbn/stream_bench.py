@@ -11,6 +11,7 @@ that pick a domain per frame, and accuracy around a shift (for plots).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -231,8 +232,15 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "vote_rule": asdict(vote.rule) if vote is not None else None,
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
             "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def machine() -> dict:
+    """What a report's figures depend on beyond the seed: the detector's fit is chaotic, so a CPU whose
+    vector instructions round differently fits another detector (README, "Frequent shifts")."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpus": os.cpu_count()}
 
 
 def register(subparsers) -> None:

@@ -138,6 +138,14 @@ _FRAMES = {"test": "test frames",
                     "split: for design choices)"}
 
 
+def _machine(m: dict | None) -> str:
+    """The report's machine (reports made before it was recorded say nothing)."""
+    if not m:
+        return ""
+    return (f"; torch {m['torch']}, {m['cpus']} CPUs with {m['cpu_capability']} vector instructions (the same "
+            "command on a CPU that rounds differently fits another detector, and the dynbn figures move)")
+
+
 def _intro(r: dict) -> list[str]:
     rule = r.get("vote_rule") or {}
     overrides = "; ".join(f"{a}: {kw}" for a, kw in (r.get("arm_kwargs") or {}).items()) or "none"
@@ -150,7 +158,8 @@ def _intro(r: dict) -> list[str]:
             "batches are B consecutive arrivals, so they straddle shifts and mix cameras. All arms see identical "
             "batches, taking turns batch by batch; arms are reset before each (N, B). "
             f"dynbn_vote rule: window {rule.get('window')}, margin {rule.get('margin')}, hold {rule.get('hold')}; "
-            f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s).",
+            f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
+            + _machine(r.get("machine")) + ".",
             "", STREAMS_NOTE[r.get("streams", "seen")], "", ARMS_NOTE, ""]
 
 

@@ -1,6 +1,7 @@
 """The frequent-shift benchmark: one prediction per frame and arm, oracle = offline, metrics, CLI contract."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -211,7 +212,11 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
         assert sum(n for _, n in row["by_domain"].values()) == 16  # every frame counted under its domain
         assert sum(k for k, _ in row["by_domain"].values()) == round(row["accuracy"] * 16)
     assert set(r["relative_time_pooled"]) == {"1", "4"}
+    # the machine the figures depend on: torch and the CPU's vector instructions, in the JSON and the text
+    assert r["machine"] == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "cpus": os.cpu_count()}
     md = (out / "stream_bench.md").read_text()
+    assert f"torch {torch.__version__}, {os.cpu_count()} CPUs with {r['machine']['cpu_capability']} vector" in md
     assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
                                                     "around_shift_n8.png"}
