@@ -54,6 +54,15 @@ def quick_fit(seed: int):
     return ReproduceConfig.quick(seed).fit
 
 
+def _seed_conflict(args) -> bool:
+    """True (after saying why) when --detector-seed is given with --artifacts, which it cannot refit."""
+    if args.artifacts and args.detector_seed is not None:
+        print("error: --detector-seed refits the detector; it cannot apply to the one loaded by --artifacts",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def artifacts(args, model, out: Path, log=print):
     """(detector, table, info): loaded from ``--artifacts`` or fitted now and saved under out/artifacts."""
     from .bn_table import BNTable
@@ -114,9 +123,7 @@ def cmd_stream_bench(args) -> int:
             print(f"error: dynbn_oracle needs a table entry for every streamed domain; the {cfg.streams} streams "
                   "have none", file=sys.stderr)
             return 2
-    if args.artifacts and args.detector_seed is not None:
-        print("error: --detector-seed refits the detector; it cannot apply to the one loaded by --artifacts",
-              file=sys.stderr)
+    if _seed_conflict(args):
         return 2
     model = build_model(args.model, args.data_dir)
     detector, table, info = artifacts(args, model, out, log)
@@ -171,6 +178,8 @@ def cmd_tune_vote(args) -> int:
 
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, flush=True)  # noqa: E731
+    if _seed_conflict(args):
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(args.model, args.data_dir)

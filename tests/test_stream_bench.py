@@ -278,6 +278,9 @@ def test_cli_detector_seed_refits_only_the_detector(tmp_path, resnet20, data_dir
     capsys.readouterr()
     assert main(args + ["--detector-seed", "7", "--artifacts", str(art), "--out", str(tmp_path / "c")]) == 2
     assert "--detector-seed" in capsys.readouterr().err and not (tmp_path / "c" / "stream_bench.json").exists()
+    assert main(["tune-vote", "--detector-seed", "7", "--artifacts", str(art), "--data-dir", str(data_dir),
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--detector-seed" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, monkeypatch):
