@@ -144,7 +144,7 @@ def cmd_stream_bench(args) -> int:
     else:
         frames = data.load_cifar10("test", args.data_dir)
     result = run_bench(cfg, model, table, detector, frames, data.frost_dir(args.data_dir), log)
-    if args.detector_seed is not None and not args.artifacts:
+    if args.detector_seed is not None:  # (never with --artifacts: refused above)
         result["detector_seed"] = args.detector_seed
     result.update(info, model=args.model, command="dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   total_seconds=round(time.perf_counter() - start, 1))

@@ -17,7 +17,8 @@ ARMS_NOTE = (
     f"step per batch, continual); unmix_tns (Tomar et al. 2024: K = {unmix_tns.COMPONENTS}, authors' defaults); "
     "dynbn_frame (detected domain per frame); dynbn_vote (detector + per-camera vote); dynbn_open (dynbn_prior "
     "that calls frames beyond the open-set threshold unknown and normalises them with the checkpoint's statistics "
-    f"mixed N = {bn_prior.PRIOR_STRENGTH} : n with those of the camera's unknown frames in the batch); dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's table "
+    f"mixed N = {bn_prior.PRIOR_STRENGTH} : n with those of the camera's unknown frames in the batch); "
+    "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's table "
     f"entry as the prior, N = {bn_prior.PRIOR_STRENGTH}, on the statistics of the frame's camera-and-segment group in "
     "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain).")
 
