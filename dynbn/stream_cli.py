@@ -34,10 +34,14 @@ def _rule(text: str):
     from .vote import VoteRule
 
     try:
-        w, m, h = text.split(",")
-        return VoteRule(int(w), float(m), int(h))
+        parts = text.split(",")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"{len(parts)} values")
+        w, m, h = parts[:3]
+        return VoteRule(int(w), float(m), int(h), float(parts[3]) if len(parts) == 4 else 0.0)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--vote-rule takes WINDOW,MARGIN,HOLD such as 2,0.3,1 ({exc})") from None
+        raise argparse.ArgumentTypeError("--vote-rule takes WINDOW,MARGIN,HOLD[,CLEAN_DISCOUNT] such as 2,0.3,1 "
+                                         f"or 1,0.2,1,3 ({exc})") from None
 
 
 def quick_fit(seed: int):
@@ -186,7 +190,8 @@ def cmd_tune_vote(args) -> int:
     detector, table, _ = artifacts(args, model, out, log)
     result = _tune(args, model, table, detector, out, log)
     r = result["best_rule"]
-    log(f"DEFAULT_RULE = VoteRule(window={r['window']}, margin={r['margin']}, hold={r['hold']})  # dynbn/vote.py")
+    log(f"DEFAULT_RULE = VoteRule(window={r['window']}, margin={r['margin']}, hold={r['hold']}, "
+        f"clean_discount={r['clean_discount']})  # dynbn/vote.py")
     log(f"MOMENTUM = {result['bn_ema_momentum']}  # dynbn/methods/bn_ema.py")
     log(f"wrote {out / 'vote_tuning.json'} ({result['seconds']:.0f} s)")
     return 0

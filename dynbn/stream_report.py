@@ -158,7 +158,9 @@ def _intro(r: dict) -> list[str]:
             f"frames ({'joining its schedule at a random phase' if r.get('phase', True) else 'all starting on a shift'}); "
             "batches are B consecutive arrivals, so they straddle shifts and mix cameras. All arms see identical "
             "batches, taking turns batch by batch; arms are reset before each (N, B). "
-            f"dynbn_vote rule: window {rule.get('window')}, margin {rule.get('margin')}, hold {rule.get('hold')}; "
+            f"dynbn_vote rule: window {rule.get('window')}, margin {rule.get('margin')}, hold {rule.get('hold')}"
+            # reports made before the clean discount existed name three values
+            + (f", clean discount {rule['clean_discount']}" if "clean_discount" in rule else "") + "; "
             f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
             + _machine(r.get("machine")) + ".",
             "", STREAMS_NOTE[r.get("streams", "seen")], "", ARMS_NOTE, ""]

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .domains import DEFAULT_DOMAINS
+from .domains import CLEAN, DEFAULT_DOMAINS
 from .fitting import split_train
 from .methods import BNEMA, BNPrior
 from .per_sample import DomainSwitch
@@ -50,6 +50,7 @@ class TuneConfig:
     windows: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     holds: tuple[int, ...] = (1, 2, 3)
+    clean_discounts: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0)
     momenta: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
     priors: tuple[float, ...] = (2, 4, 8, 16, 64)
     baseline_frames: int = 256
@@ -90,14 +91,16 @@ def accuracy_matrix(model, table, detector, streams: dict[int, Stream], per_doma
     return A
 
 
-def score_rules(cfg: TuneConfig, probs: dict[int, np.ndarray], truth: dict[int, np.ndarray], A: np.ndarray) -> list[dict]:
-    """Expected accuracy and domain accuracy of every rule of the grid, per period and averaged."""
+def score_rules(cfg: TuneConfig, probs: dict[int, np.ndarray], truth: dict[int, np.ndarray], A: np.ndarray,
+                clean: int | None = None) -> list[dict]:
+    """Expected accuracy and domain accuracy of every rule of the grid, per period and averaged
+    (``clean``: the clean domain's index, which the clean discount applies to)."""
     results = []
-    for w, m, h in itertools.product(cfg.windows, cfg.margins, cfg.holds):
-        rule = VoteRule(w, m, h)
+    for w, m, h, k in itertools.product(cfg.windows, cfg.margins, cfg.holds, cfg.clean_discounts):
+        rule = VoteRule(w, m, h, k)
         per = {}
         for period, p in probs.items():
-            used = replay(rule, p)
+            used = replay(rule, p, clean)
             per[period] = {"expected_accuracy": float(A[truth[period], used].mean()),
                            "domain_accuracy": float((used == truth[period]).mean())}
         results.append({"rule": asdict(rule), "per_period": per,
@@ -109,7 +112,8 @@ def best_rule(results: list[dict]) -> VoteRule:
     """Highest objective; among equals (to 1e-9), the simplest rule."""
     top = max(r["objective"] for r in results)
     tied = [r for r in results if r["objective"] >= top - 1e-9]
-    pick = min(tied, key=lambda r: (r["rule"]["window"], r["rule"]["hold"], r["rule"]["margin"]))
+    pick = min(tied, key=lambda r: (r["rule"]["window"], r["rule"]["hold"], r["rule"]["margin"],
+                                    r["rule"]["clean_discount"]))
     return VoteRule(**pick["rule"])
 
 
@@ -145,7 +149,7 @@ def tune(cfg: TuneConfig, model, table, detector, train, frost_dir, log=print) -
         truth[period] = np.array([names.index(s.domains[d]) for d in s.domain])
     A = accuracy_matrix(model, table, detector, streams, cfg.cost_frames)
     log(f"accuracy matrix: right statistics {np.nanmean(np.diag(A)):.3f}, wrong {np.nanmean(A[~np.eye(len(A), dtype=bool)]):.3f}")
-    results = score_rules(cfg, probs, truth, A)
+    results = score_rules(cfg, probs, truth, A, names.index(CLEAN) if CLEAN in names else None)
     rule = best_rule(results)
     log(f"best vote rule: {rule}")
     ema = {str(m): score_baseline(lambda: BNEMA(model, m), streams, cfg.baseline_batch_sizes, cfg.baseline_frames)

@@ -31,7 +31,7 @@ def available() -> list[str]:
 
 def build_arms(names: list[str], model: torch.nn.Module, table, detector, vote: dict | None = None,
                device: str = "cpu") -> dict:
-    """name -> method, in the order given; ``vote`` holds the dynbn_vote rule (window, margin, hold)."""
+    """name -> method, in the order given; ``vote`` holds the dynbn_vote rule (window, margin, hold, clean_discount)."""
     arms = {}
     for name in names:
         if name not in REGISTRY:
@@ -44,7 +44,7 @@ def build_arms(names: list[str], model: torch.nn.Module, table, detector, vote: 
 
 
 def _vote_kwargs(vote: dict | None) -> dict:
-    """Scenario ``vote: {window, margin, hold}`` -> ``rule=VoteRule(...)`` (empty: the tuned default)."""
+    """Scenario ``vote: {window, margin, hold[, clean_discount]}`` -> ``rule=VoteRule(...)`` (empty: the tuned default)."""
     if not vote:
         return {}
     from dynbn.vote import VoteRule

@@ -208,3 +208,9 @@ def test_dynbn_prior_leaves_frames_voted_clean_on_the_clean_entry(resnet20, fram
     vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
     assert torch.allclose(prior(x, [0] * 16), vote(x, [0] * 16), atol=1e-4)  # ...but not for the clean entry
     assert (prior.last_index == clean).all()
+
+
+def test_the_vote_applies_its_clean_discount_to_the_clean_domain(resnet20, frames):
+    table, det, _ = _setup(resnet20, frames)
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det, rule=VoteRule(1, 0.0, 1, 3.0))
+    assert vote.votes.clean == list(det.domains).index("clean")

@@ -185,10 +185,12 @@ def test_tuning_scores_every_rule_on_training_streams(tmp_path, resnet20, train_
     table = _fake_artifacts(resnet20, tmp_path / "art")
     torch.manual_seed(0)
     cfg = TuneConfig(periods=(1, 4), frames=24, cost_frames=2, windows=(1, 2), margins=(0.0, 0.3), holds=(1, 2),
-                     momenta=(0.1, 0.3), priors=(16,), baseline_frames=8, baseline_batch_sizes=(1, 4))
+                     clean_discounts=(0.0, 3.0), momenta=(0.1, 0.3), priors=(16,), baseline_frames=8,
+                     baseline_batch_sizes=(1, 4))
     r = tune(cfg, resnet20, table, Detector(list(DEFAULT_DOMAINS)).eval(), train_split, frost_dir(data_dir), log=lambda m: None)
-    assert len(r["rules"]) == 8 and VoteRule(**r["best_rule"]) in {VoteRule(w, m, h) for w in (1, 2) for m in (0.0, 0.3)
-                                                                  for h in (1, 2)}
+    grid = {VoteRule(w, m, h, k) for w in (1, 2) for m in (0.0, 0.3) for h in (1, 2) for k in (0.0, 3.0)}
+    assert len(r["rules"]) == 16 and {VoteRule(**x["rule"]) for x in r["rules"]} == grid
+    assert VoteRule(**r["best_rule"]) in grid
     assert r["best_objective"] == max(x["objective"] for x in r["rules"]) >= r["frame_rule_objective"]
     assert r["bn_ema_momentum"] in (0.1, 0.3) and set(r["bn_prior"]) == {"16"}
 

@@ -8,13 +8,23 @@ from hypothesis import strategies as st
 from dynbn.vote import DEFAULT_RULE, CameraVote, VoteRule, Votes, replay, step
 
 D = 5
+CLEAN = 0  # the clean domain's index in these tests
 
 
-def reference(rule: VoteRule, probs: np.ndarray) -> list[int]:
+def discounted(score: np.ndarray, rule: VoteRule, active, clean=CLEAN) -> np.ndarray:
+    """The window's score as the rule compares it: clean's entry divided by e^K while a corruption is active."""
+    if active is None or active == clean or clean is None:
+        return score
+    score = score.copy()
+    score[clean] *= np.exp(-rule.clean_discount)
+    return score / score.sum()
+
+
+def reference(rule: VoteRule, probs: np.ndarray, clean=CLEAN) -> list[int]:
     """The rule exactly as the module docstring states it, written plainly."""
     active, candidate, count, out = None, None, 0, []
     for t in range(len(probs)):
-        score = probs[max(0, t - rule.window + 1): t + 1].mean(axis=0)
+        score = discounted(probs[max(0, t - rule.window + 1): t + 1].mean(axis=0), rule, active, clean)
         leader = int(np.argmax(score))
         if active is None:
             active = leader
@@ -42,26 +52,27 @@ def segment_probs(draw, max_frames=60):
     return p / p.sum(1, keepdims=True)
 
 
-rules = st.builds(VoteRule, st.integers(1, 6), st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.8]), st.integers(1, 4))
+rules = st.builds(VoteRule, st.integers(1, 6), st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.8]), st.integers(1, 4),
+                  st.sampled_from([0.0, 1.0, 3.0]))
 
 
 @settings(max_examples=60, deadline=None)
-@given(rules, segment_probs())
-def test_vote_follows_its_documented_rule(rule, probs):
-    assert replay(rule, probs).tolist() == reference(rule, probs)
+@given(rules, segment_probs(), st.sampled_from([None, CLEAN]))
+def test_vote_follows_its_documented_rule(rule, probs, clean):
+    assert replay(rule, probs, clean).tolist() == reference(rule, probs, clean)
 
 
 @settings(max_examples=60, deadline=None)
 @given(rules, segment_probs())
 def test_every_switch_is_preceded_by_the_evidence_the_rule_requires(rule, probs):
-    active = replay(rule, probs)
+    active = replay(rule, probs, CLEAN)
     for t in range(1, len(active)):
         if active[t] == active[t - 1]:
             continue
         old, new = active[t - 1], active[t]
         assert t + 1 >= rule.hold, "a switch needs `hold` frames of evidence"
         for u in range(t - rule.hold + 1, t + 1):  # the hold frames ending with the switch
-            score = probs[max(0, u - rule.window + 1): u + 1].mean(axis=0)
+            score = discounted(probs[max(0, u - rule.window + 1): u + 1].mean(axis=0), rule, old)
             assert int(np.argmax(score)) == new
             assert score[new] - score[old] >= rule.margin - 1e-12
             if u < t:
@@ -98,14 +109,36 @@ def test_decisions_depend_only_on_the_cameras_own_frames(streams, seed, batch, r
     for cam in order:  # interleave the cameras, each keeping its own order
         rows.append((cam, streams[cam][taken[cam]]))
         taken[cam] += 1
-    votes, got = Votes(rule, D), {c: [] for c in range(len(streams))}
+    votes, got = Votes(rule, D, CLEAN), {c: [] for c in range(len(streams))}
     for start in range(0, len(rows), batch):  # arbitrary batch boundaries
         chunk = rows[start:start + batch]
         out = votes.update([c for c, _ in chunk], np.stack([p for _, p in chunk]))
         for (c, _), a in zip(chunk, out):
             got[c].append(int(a))
     for c, probs in enumerate(streams):
-        assert got[c] == replay(rule, probs).tolist()
+        assert got[c] == replay(rule, probs, CLEAN).tolist()
+
+
+def test_a_camera_in_a_corruption_needs_the_discount_more_clean_evidence_to_return_to_clean():
+    rule = VoteRule(window=1, margin=0.0, hold=1, clean_discount=3.0)
+
+    def frame(clean_lead: float) -> np.ndarray:  # clean leads domain 2 by `clean_lead` logits
+        z = np.full(D, -10.0)
+        z[CLEAN], z[2] = clean_lead, 0.0
+        return np.exp(z) / np.exp(z).sum()
+
+    fog = np.eye(D)[2] * 0.96 + 0.01
+    # in a corruption: a 2-logit clean lead is not enough (2 < 3), a 4-logit one is
+    assert replay(rule, np.stack([fog, frame(2.0), frame(4.0), frame(2.0)]), CLEAN).tolist() == [2, 2, 0, 0]
+    # a clean camera keeps clean on the same 2-logit lead; without the clean index nothing is discounted
+    assert replay(rule, np.stack([frame(2.0), frame(2.0)]), CLEAN).tolist() == [0, 0]
+    assert replay(rule, np.stack([fog, frame(2.0)]), None).tolist() == [2, 0]
+    assert replay(VoteRule(1, 0.0, 1), np.stack([fog, frame(2.0)]), CLEAN).tolist() == [2, 0]
+
+
+def test_a_clean_index_outside_the_domains_is_refused():
+    with pytest.raises(ValueError, match="clean domain index"):
+        Votes(DEFAULT_RULE, D, clean=D)
 
 
 def test_state_is_explicit_and_reset_forgets_it():
@@ -124,7 +157,8 @@ def test_step_counts_switches():
     assert state.switches == 2 and state.active == 2
 
 
-@pytest.mark.parametrize("kw", [dict(window=0), dict(hold=0), dict(margin=-0.1), dict(margin=1.0)])
+@pytest.mark.parametrize("kw", [dict(window=0), dict(hold=0), dict(margin=-0.1), dict(margin=1.0),
+                                dict(clean_discount=-1.0), dict(clean_discount=50.0)])
 def test_bad_rules_are_refused(kw):
     with pytest.raises(ValueError):
         VoteRule(**kw)
@@ -133,3 +167,15 @@ def test_bad_rules_are_refused(kw):
 def test_wrong_probability_shape_is_refused():
     with pytest.raises(ValueError, match="probabilities"):
         Votes(DEFAULT_RULE, D).update([0, 1], np.ones((3, D)) / D)
+
+
+def test_the_command_line_rule_takes_an_optional_clean_discount():
+    import argparse
+
+    from dynbn.stream_cli import _rule
+
+    assert _rule("1,0.3,1,3") == VoteRule(1, 0.3, 1, 3.0)
+    assert _rule("2,0.1,2") == VoteRule(2, 0.1, 2, 0.0)
+    for bad in ("1,0.2", "1,0.2,1,3,4", "1,0.2,1,-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _rule(bad)

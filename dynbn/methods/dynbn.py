@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..bn_table import BNTable, bn_layers
+from ..domains import CLEAN
 from ..detector import Detector
 from ..per_sample import DomainSwitch
 from ..vote import DEFAULT_RULE, VoteRule, Votes
@@ -88,7 +89,8 @@ class DynBNVote(Method):
         self.layers = bn_layers(model)
         self.maps = {name: affine(bn, *table.stacked(name, list(detector.domains)))  # (scale, shift), D x C each
                      for name, bn in self.layers.items()}
-        self.votes = Votes(rule, len(detector.domains))
+        clean = detector.domains.index(CLEAN) if CLEAN in detector.domains else None
+        self.votes = Votes(rule, len(detector.domains), clean)
         self.last_index: torch.Tensor | None = None
 
     @property
