@@ -67,6 +67,10 @@ class VoteRule:
 # (every frame classified under every table entry, so no accuracy matrix is assumed), the
 # discount gains 0.70 points (SE 0.22) over the rule before it, at every period: 62.2 / 63.4 /
 # 65.7 / 66.9 / 58.5 % against 61.7 / 62.5 / 64.6 / 65.9 / 58.4 % for N = 1 / 4 / 16 / 64 / 256.
+# How much it gains depends on the fit: with the detector of `--detector-seed 1` the same exact
+# score gives +0.12 (SE 0.21), and tune-vote picks a discount of 1 there (3 for seed 2). On the
+# quick test streams, over five fits, it gained 0.4-0.9 points with 1 camera and -0.1-0.5 with 4
+# (README, "Frequent shifts").
 # Its price is on a camera that only ever sees clean frames: 84.89 % against the checkpoint's
 # 85.00 % on 2,000 held-out clean training frames in 5 orders (about 2 frames), because after a
 # clean frame read as a corruption the camera takes a frame or two longer to return. Applying
