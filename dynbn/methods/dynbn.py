@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..bn_table import BNTable, bn_layers
-from ..domains import CLEAN
 from ..detector import Detector
+from ..domains import CLEAN
 from ..per_sample import DomainSwitch
 from ..vote import DEFAULT_RULE, VoteRule, Votes
 from .base import Method, cameras_or_default
