@@ -138,6 +138,9 @@ def cmd_stream_bench(args) -> int:
         cfg.arm_kwargs.setdefault("dynbn_vote", {})["rule"] = args.vote_rule
     if args.prior is not None:
         cfg.arm_kwargs.setdefault("bn_prior", {})["prior"] = args.prior
+    if args.dynbn_prior is not None:
+        for arm in ("dynbn_prior", "dynbn_open"):
+            cfg.arm_kwargs.setdefault(arm, {})["prior"] = args.dynbn_prior
     if args.ema_momentum is not None:
         cfg.arm_kwargs.setdefault("bn_ema", {})["momentum"] = args.ema_momentum
     if args.train_split:
@@ -232,6 +235,8 @@ def register(subparsers) -> None:
     p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD overriding the tuned vote rule")
     p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")
+    p.add_argument("--dynbn-prior", type=float, default=None,
+                   help="prior strength N of dynbn_prior and dynbn_open, table entry and unknown frames alike (default 16)")
     p.add_argument("--ema-momentum", type=float, default=None, help="bn_ema's per-frame momentum (default: tuned)")
     p.set_defaults(func=cmd_stream_bench)
 
