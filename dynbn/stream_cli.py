@@ -141,6 +141,8 @@ def cmd_stream_bench(args) -> int:
     if args.dynbn_prior is not None:
         for arm in ("dynbn_prior", "dynbn_open"):
             cfg.arm_kwargs.setdefault(arm, {})["prior"] = args.dynbn_prior
+    if args.open_unknown_prior is not None:
+        cfg.arm_kwargs.setdefault("dynbn_open", {})["unknown_prior"] = args.open_unknown_prior
     if args.ema_momentum is not None:
         cfg.arm_kwargs.setdefault("bn_ema", {})["momentum"] = args.ema_momentum
     if args.train_split:
@@ -237,6 +239,8 @@ def register(subparsers) -> None:
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")
     p.add_argument("--dynbn-prior", type=float, default=None,
                    help="prior strength N of dynbn_prior and dynbn_open, table entry and unknown frames alike (default 16)")
+    p.add_argument("--open-unknown-prior", type=float, default=None,
+                   help="prior strength N of dynbn_open's unknown frames only (default: the same as the known frames')")
     p.add_argument("--ema-momentum", type=float, default=None, help="bn_ema's per-frame momentum (default: tuned)")
     p.set_defaults(func=cmd_stream_bench)
 

@@ -80,6 +80,26 @@ def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(
         DynBNOpen(model, table, det)
 
 
+def test_dynbn_open_unknown_prior_sets_n_for_unknown_frames_only(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
+    det.ood_threshold.fill_(-1.0)  # everything unknown: bn_prior's rule with the unknown frames' N
+    expected = torch.empty(len(x), 10)
+    for cam in (0, 1):
+        rows = [i for i, c in enumerate(cams) if c == cam]
+        expected[rows] = BNPrior(model, 2)(x[rows])
+    assert torch.allclose(DynBNOpen(model, table, det, unknown_prior=2)(x, cams), expected, atol=1e-4)
+    unknown = _half_unknown(det, x)
+    known = np.flatnonzero(~unknown)
+    default, same = DynBNOpen(model, table, det)(x, cams), DynBNOpen(model, table, det, unknown_prior=16)(x, cams)
+    assert torch.equal(default, same)  # the same N for both kinds of frames: the same arithmetic
+    other = DynBNOpen(model, table, det, unknown_prior=2)(x, cams)
+    assert torch.equal(other[known], default[known])  # known frames keep their N (groups never mix the two)
+    assert not torch.allclose(other[np.flatnonzero(unknown)], default[np.flatnonzero(unknown)])
+    with pytest.raises(ValueError, match="unknown frames"):
+        DynBNOpen(model, table, det, unknown_prior=-1)
+
+
 def _half_unknown(det, x):
     """Set the threshold so that half of ``x`` is unknown, no frame on the edge; returns the unknown mask."""
     with torch.no_grad():

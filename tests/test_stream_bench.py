@@ -224,7 +224,7 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
                                                     "around_shift_n8.png"}
 
 
-def test_cli_dynbn_prior_sets_the_prior_strength_of_both_prior_arms(tmp_path, resnet20, data_dir, monkeypatch):
+def test_cli_sets_the_prior_strengths_of_the_prior_arms(tmp_path, resnet20, data_dir, monkeypatch):
     import dynbn.stream_bench as bench
     from dynbn.cli import main
 
@@ -234,17 +234,19 @@ def test_cli_dynbn_prior_sets_the_prior_strength_of_both_prior_arms(tmp_path, re
     def spy(cfg, *a):
         arms = make(cfg, *a)
         built.update({name: getattr(arm, "prior", None) for name, arm in arms.items()})
+        built["unknown"] = arms["dynbn_open"].unknown_prior
         return arms
     monkeypatch.setattr(bench, "make_arms", spy)
     art = tmp_path / "art"
     _fake_artifacts(resnet20, art)
     out = tmp_path / "out"
     assert main(["stream-bench", "--periods", "4", "--batch-sizes", "2", "--frames", "8", "--arms",
-                 "source,bn_prior,dynbn_prior,dynbn_open", "--dynbn-prior", "4", "--artifacts", str(art),
+                 "source,bn_prior,dynbn_prior,dynbn_open", "--dynbn-prior", "4", "--open-unknown-prior", "2",
+                 "--artifacts", str(art),
                  "--data-dir", str(data_dir), "--out", str(out)]) == 0
-    assert built["dynbn_prior"] == built["dynbn_open"] == 4 and built["bn_prior"] == 16
+    assert built["dynbn_prior"] == built["dynbn_open"] == 4 and built["bn_prior"] == 16 and built["unknown"] == 2
     r = json.loads((out / "stream_bench.json").read_text())
-    assert r["arm_kwargs"] == {"dynbn_prior": {"prior": "4.0"}, "dynbn_open": {"prior": "4.0"}}
+    assert r["arm_kwargs"] == {"dynbn_prior": {"prior": "4.0"}, "dynbn_open": {"prior": "4.0", "unknown_prior": "2.0"}}
 
 
 def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_path, resnet20, data_dir, monkeypatch):

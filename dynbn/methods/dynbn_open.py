@@ -58,16 +58,26 @@ class DynBNOpen(DynBNPrior):
     name = "dynbn_open"
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
-                 prior: float = PRIOR_STRENGTH) -> None:
+                 prior: float = PRIOR_STRENGTH, unknown_prior: float | None = None) -> None:
+        """``prior``: N for known frames' table entries; ``unknown_prior``: N for unknown frames' checkpoint
+        statistics (None: the same N)."""
         if not detector.has_open_set:
             raise ValueError("this detector has no open-set statistics (fitted before dynbn.open_set existed): "
                              "refit it with `dynbn fit` to use dynbn_open")
         super().__init__(model, table, detector, rule, prior)
+        if unknown_prior is not None and unknown_prior < 0:
+            raise ValueError(f"prior strength N of unknown frames must be >= 0, got {unknown_prior}")
+        self.unknown_prior = None if unknown_prior is None else float(unknown_prior)
         # row D of every layer's prior statistics: the checkpoint's own, the prior of unknown frames
         self.unknown = len(detector.domains)  # that row's index, and the one ``last_index`` gives unknown frames
         source = source_stats(model)
         self.stats = {name: (torch.cat([mean, source[name][0][None]]), torch.cat([var, source[name][1][None]]))
                       for name, (mean, var) in self.stats.items()}
+
+    def prior_strength(self, rows: np.ndarray) -> torch.Tensor | None:
+        if self.unknown_prior is None:
+            return None
+        return torch.where(torch.from_numpy(rows == self.unknown), self.unknown_prior, self.prior)
 
     @property
     def last_domains(self) -> list[str] | None:

@@ -96,6 +96,10 @@ class DynBNPrior(DynBNVote):
         """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
         return self.prior_forward(x, cams, active, self.exact[torch.from_numpy(active)])
 
+    def prior_strength(self, rows: np.ndarray) -> torch.Tensor | None:
+        """The prior strength N per frame, from its prior row; None: ``self.prior`` for every row."""
+        return None
+
     def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, exact: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by prior row ``rows[b]`` of ``self.stats``, mixed N : n with
         the statistics of its group (the batch's frames with b's camera and prior row); frames with
@@ -104,7 +108,12 @@ class DynBNPrior(DynBNVote):
         index, group = torch.from_numpy(rows).to(x.device), group.to(x.device)
         # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
-        w = (self.prior / (self.prior + frames))[group, None]                  # B x 1
+        strength = self.prior_strength(rows)
+        if strength is None:  # one prior strength for every row
+            w = (self.prior / (self.prior + frames))[group, None]              # B x 1
+        else:
+            strength = strength.to(x.device, x.dtype)
+            w = (strength / (strength + frames[group]))[:, None]
         w = torch.where(exact.to(x.device)[:, None], torch.ones_like(w), w)
 
         def make(name, bn):
