@@ -234,7 +234,7 @@ def register(subparsers) -> None:
                        help="stream two corruptions at once (dynbn.domains.MIXTURES), soft against hard selection")
     p.add_argument("--train-split", action="store_true",
                    help="stream the training images held out of fitting instead of the test split (for design choices)")
-    p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD overriding the tuned vote rule")
+    p.add_argument("--vote-rule", type=_rule, default=None, help="WINDOW,MARGIN,HOLD[,CLEAN_DISCOUNT] overriding the tuned vote rule")
     p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")
     p.add_argument("--dynbn-prior", type=float, default=None,
