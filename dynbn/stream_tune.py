@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .domains import CLEAN, DEFAULT_DOMAINS
+from .domains import DEFAULT_DOMAINS
 from .fitting import split_train
 from .methods import BNEMA, BNPrior
 from .per_sample import DomainSwitch
 from .spectrum import to_tensor
 from .stream import Stream, build_stream, periodic_schedules
-from .vote import VoteRule, replay
+from .vote import VoteRule, clean_index, replay
 
 
 @dataclass
@@ -149,7 +149,7 @@ def tune(cfg: TuneConfig, model, table, detector, train, frost_dir, log=print) -
         truth[period] = np.array([names.index(s.domains[d]) for d in s.domain])
     A = accuracy_matrix(model, table, detector, streams, cfg.cost_frames)
     log(f"accuracy matrix: right statistics {np.nanmean(np.diag(A)):.3f}, wrong {np.nanmean(A[~np.eye(len(A), dtype=bool)]):.3f}")
-    results = score_rules(cfg, probs, truth, A, names.index(CLEAN) if CLEAN in names else None)
+    results = score_rules(cfg, probs, truth, A, clean_index(names))
     rule = best_rule(results)
     log(f"best vote rule: {rule}")
     ema = {str(m): score_baseline(lambda: BNEMA(model, m), streams, cfg.baseline_batch_sizes, cfg.baseline_frames)

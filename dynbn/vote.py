@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .domains import CLEAN
+
 
 @dataclass(frozen=True)
 class VoteRule:
@@ -87,6 +89,11 @@ class VoteRule:
 # table that maximises expected accuracy under the detector's probabilities (accuracy matrix
 # measured on other held-out training frames: 0.3 points below argmax).
 DEFAULT_RULE = VoteRule(window=1, margin=0.3, hold=1, clean_discount=3.0)
+
+
+def clean_index(domains: Sequence[str]) -> int | None:
+    """Index of the clean domain in ``domains`` (what the clean discount applies to); None if there is none."""
+    return list(domains).index(CLEAN) if CLEAN in domains else None
 
 
 @dataclass

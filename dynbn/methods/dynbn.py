@@ -14,9 +14,8 @@ import torch
 
 from ..bn_table import BNTable, bn_layers
 from ..detector import Detector
-from ..domains import CLEAN
 from ..per_sample import DomainSwitch
-from ..vote import DEFAULT_RULE, VoteRule, Votes
+from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
 from .base import Method, cameras_or_default
 from .norm_patch import affine, patched_bn, rows_forward
 
@@ -89,8 +88,7 @@ class DynBNVote(Method):
         self.layers = bn_layers(model)
         self.maps = {name: affine(bn, *table.stacked(name, list(detector.domains)))  # (scale, shift), D x C each
                      for name, bn in self.layers.items()}
-        clean = detector.domains.index(CLEAN) if CLEAN in detector.domains else None
-        self.votes = Votes(rule, len(detector.domains), clean)
+        self.votes = Votes(rule, len(detector.domains), clean_index(detector.domains))
         self.last_index: torch.Tensor | None = None
 
     @property

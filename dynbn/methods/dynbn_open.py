@@ -67,16 +67,14 @@ class DynBNOpen(DynBNPrior):
         super().__init__(model, table, detector, rule, prior)
         if unknown_prior is not None and unknown_prior < 0:
             raise ValueError(f"prior strength N of unknown frames must be >= 0, got {unknown_prior}")
-        self.unknown_prior = None if unknown_prior is None else float(unknown_prior)
+        self.unknown_prior = self.prior if unknown_prior is None else float(unknown_prior)
         # row D of every layer's prior statistics: the checkpoint's own, the prior of unknown frames
         self.unknown = len(detector.domains)  # that row's index, and the one ``last_index`` gives unknown frames
         source = source_stats(model)
         self.stats = {name: (torch.cat([mean, source[name][0][None]]), torch.cat([var, source[name][1][None]]))
                       for name, (mean, var) in self.stats.items()}
 
-    def prior_strength(self, rows: np.ndarray) -> torch.Tensor | None:
-        if self.unknown_prior is None:
-            return None
+    def prior_strength(self, rows: np.ndarray) -> torch.Tensor:
         return torch.where(torch.from_numpy(rows == self.unknown), self.unknown_prior, self.prior)
 
     @property

@@ -96,9 +96,9 @@ class DynBNPrior(DynBNVote):
         """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
         return self.prior_forward(x, cams, active, self.exact[torch.from_numpy(active)])
 
-    def prior_strength(self, rows: np.ndarray) -> torch.Tensor | None:
-        """The prior strength N per frame, from its prior row; None: ``self.prior`` for every row."""
-        return None
+    def prior_strength(self, rows: np.ndarray) -> torch.Tensor:
+        """The prior strength N per frame, from its prior row (here ``self.prior`` for every row)."""
+        return torch.full((len(rows),), self.prior)
 
     def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, exact: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by prior row ``rows[b]`` of ``self.stats``, mixed N : n with
@@ -108,12 +108,8 @@ class DynBNPrior(DynBNVote):
         index, group = torch.from_numpy(rows).to(x.device), group.to(x.device)
         # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
-        strength = self.prior_strength(rows)
-        if strength is None:  # one prior strength for every row
-            w = (self.prior / (self.prior + frames))[group, None]              # B x 1
-        else:
-            strength = strength.to(x.device, x.dtype)
-            w = (strength / (strength + frames[group]))[:, None]
+        strength = self.prior_strength(rows).to(x.device, x.dtype)
+        w = (strength / (strength + frames[group]))[:, None]                   # B x 1
         w = torch.where(exact.to(x.device)[:, None], torch.ones_like(w), w)
 
         def make(name, bn):
