@@ -53,6 +53,7 @@ def cmd_reproduce(args) -> int:
     cfg = ReproduceConfig.quick(args.seed) if args.quick else ReproduceConfig()
     cfg.model = args.model
     cfg.fit.seed = cfg.fit.detector.seed = args.seed
+    cfg.fit.severity_images = 0  # the paper's table: no arm here reads the severity head or its entries
     if args.images:
         cfg.test_images = args.images
     out = Path(args.out)

@@ -5,6 +5,12 @@ in the detector) and trains the MLP with Adam and cross-entropy. The detector is
 ``nn.Module``: ``forward`` takes [0, 1] frames ``B x 3 x H x W`` and returns logits over
 its domains; ``predict_proba`` returns probabilities. ``save``/``load`` use safetensors
 with the domain list and the architecture in the metadata, so nothing is unpickled.
+
+A detector may carry a *severity head* (``attach_severity``): a second detector of the same
+shape over the severity-aware domains (``"fog@3"``: every corruption at every severity, and
+clean), trained on the same frames. ``severity_logprobs`` turns its logits into, for each of
+the main detector's domains, log-probabilities over the severities *given* that domain; the
+vote (``dynbn.vote``) sums them over a camera's frames. It is saved in the same file.
 """
 
 from __future__ import annotations
@@ -62,15 +68,53 @@ class Detector(nn.Module):
             nn.Linear(hidden[1], len(self.domains)),
         )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardised flat spectra ``B x D`` of frames ``B x 3 x H x W``."""
+        self.severity: Detector | None = None      # optional severity head (attach_severity)
+        self.severities: tuple[int, ...] = ()
+
+    def spectra(self, x: torch.Tensor) -> torch.Tensor:
+        """Flat normalised spectra ``B x 3*H*(W//2+1)`` of frames ``B x 3 x H x W`` (before standardising)."""
         if tuple(x.shape[-2:]) != (self.height, self.width):
             raise ValueError(f"detector was trained on {self.height}x{self.width} frames, got {tuple(x.shape[-2:])}")
-        flat = spectrum(x, self.eps).flatten(1)  # B x 3*H*(W//2+1)
-        return (flat - self.feat_mean) / self.feat_std
+        return spectrum(x, self.eps).flatten(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised flat spectra ``B x D`` of frames ``B x 3 x H x W``."""
+        return (self.spectra(x) - self.feat_mean) / self.feat_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.features(x)) + self.logit_bias
+
+    # -- severity head ---------------------------------------------------------------------------
+
+    def attach_severity(self, head: "Detector", severities: tuple[int, ...]) -> None:
+        """Carry ``head``, a detector over ``"{domain}@{s}"`` for every corrupted domain of this one
+        and every s in ``severities`` (plus any other names, such as clean, which are ignored)."""
+        if (head.height, head.width, head.eps) != (self.height, self.width, self.eps):
+            raise ValueError("the severity head must read the same spectrum (frame size and eps) as the detector")
+        missing = [f"{d}@{s}" for d in self.domains if d != "clean" for s in severities
+                   if f"{d}@{s}" not in head.domains]
+        if missing:
+            raise ValueError(f"the severity head lacks the domains {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        self.severity, self.severities = head.eval(), tuple(int(s) for s in severities)
+        # column of the head's logits for (domain d, severity s), d over self.domains; clean (or any domain
+        # without severities) points at column 0 for every s: its log-probabilities are then uniform, unused
+        cols = [[head.domains.index(f"{d}@{s}") if f"{d}@{s}" in head.domains else 0 for s in self.severities]
+                for d in self.domains]
+        self._severity_cols = torch.tensor(cols, dtype=torch.long)            # D x S
+        self.has_levels = torch.tensor([d != "clean" for d in self.domains])  # domains whose severity is read
+
+    @property
+    def has_severity(self) -> bool:
+        return self.severity is not None
+
+    def severity_logprobs(self, flat: torch.Tensor) -> torch.Tensor:
+        """``B x D x S`` log-probabilities of each severity given each of this detector's domains, from
+        flat spectra ``flat`` (``spectra(x)``): the head's logits, softmaxed within each domain's S columns."""
+        if self.severity is None:
+            raise ValueError("this detector has no severity head")
+        head = self.severity
+        logits = head.mlp((flat - head.feat_mean) / head.feat_std)
+        return logits[:, self._severity_cols].log_softmax(dim=2)
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations ``B x hidden[1]`` (what the open-set score reads)."""
@@ -83,11 +127,19 @@ class Detector(nn.Module):
         frame's penultimate features to any domain's mean; above ``ood_threshold`` the frame
         is unknown. ``inf`` threshold: the open set was never fitted.
         """
-        h = self.penultimate(x)
+        logits, distance, _ = self.read(x, distance=True)
+        return logits, distance
+
+    def read(self, x: torch.Tensor, distance: bool = False, severity: bool = False):
+        """(logits, open-set distance or None, ``severity_logprobs`` or None) from one spectrum."""
+        flat = self.spectra(x)
+        h = self.mlp[:-1]((flat - self.feat_mean) / self.feat_std)
         logits = self.mlp[-1](h) + self.logit_bias
-        hp = h @ self.ood_precision
-        dist = (hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + self._mean_norms()
-        return logits, dist.min(1).values
+        dist = None
+        if distance:
+            hp = h @ self.ood_precision
+            dist = ((hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + self._mean_norms()).min(1).values
+        return logits, dist, self.severity_logprobs(flat) if severity else None
 
     def _mean_norms(self) -> torch.Tensor:
         """mean_d' P mean_d per domain: a constant of the fit, recomputed only when the buffers change
@@ -110,15 +162,28 @@ class Detector(nn.Module):
         return self(x).softmax(dim=1)
 
     def macs(self) -> int:
-        """Multiply-accumulates of the MLP for one frame (the FFT is counted separately)."""
-        return sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        """Multiply-accumulates of the MLP (and of the severity head's) for one frame (the FFT is counted separately)."""
+        own = sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        return own + (self.severity.macs() if self.severity is not None else 0)
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors with domains and architecture in the metadata."""
+        meta = self._meta()
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        if self.severity is not None:
+            meta.update({f"severity_{k}": v for k, v in self.severity._meta().items()},
+                        severities=json.dumps(list(self.severities)))
+        save_file(state, str(path), metadata=meta)
+
+    def _meta(self) -> dict[str, str]:
         hidden = [m.out_features for m in self.mlp if isinstance(m, nn.Linear)][:2]
-        meta = {"domains": json.dumps(self.domains), "height": str(self.height), "width": str(self.width),
+        return {"domains": json.dumps(self.domains), "height": str(self.height), "width": str(self.width),
                 "hidden": json.dumps(hidden), "eps": repr(self.eps)}
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), metadata=meta)
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, str]) -> "Detector":
+        return cls(json.loads(meta["domains"]), int(meta["height"]), int(meta["width"]),
+                   tuple(json.loads(meta["hidden"])), eps=float(meta["eps"]))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Detector":
@@ -129,10 +194,13 @@ class Detector(nn.Module):
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
             state = load_file(str(path))
-            det = cls(json.loads(meta["domains"]), int(meta["height"]), int(meta["width"]),
-                      tuple(json.loads(meta["hidden"])), eps=float(meta["eps"]))
+            det = cls._from_meta(meta)
+            if "severities" in meta:  # a severity head: its own architecture, keys under "severity."
+                head = cls._from_meta({k[len("severity_"):]: v for k, v in meta.items() if k.startswith("severity_")})
+                det.attach_severity(head, tuple(json.loads(meta["severities"])))
             missing, unexpected = det.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("ood_")]  # files from before the open set
+            # files from before the open set; a severity head's own open-set buffers are never fitted
+            missing = [k for k in missing if not (k.startswith("ood_") or k.startswith("severity.ood_"))]
             if missing or unexpected:
                 raise KeyError(f"missing {missing}, unexpected {unexpected}")
         except Exception as exc:

@@ -8,7 +8,7 @@ so each piece is reproducible on its own and independent of the order pieces are
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ class FitConfig:
     domains: tuple[str, ...] = DEFAULT_DOMAINS
     detector_images: int = 400      # per domain and severity (clean: 5 x 400 clean frames), balanced
     table_images: int = 1024        # K: images per domain for its BN statistics (severities mixed)
+    severity_images: int = 256      # K per (corruption, severity) entry, with a severity head on the
+                                    # detector (dynbn_vote's severity estimate); 0: neither
+    severity_hidden: tuple[int, int] = (256, 128)  # the severity head's hidden units
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tune_per_severity: int = 40     # held-out frames per domain and severity for tune_clean_bias
     clean_tolerance: float = 0.0    # clean frames may lose at most this accuracy against the checkpoint
@@ -111,6 +114,28 @@ def build_tables(model: nn.Module, train: Split, domains, ks: list[int], seed: i
     return tables
 
 
+def add_severity(model: nn.Module, detector, tables: dict[int, BNTable], train: Split, frames: np.ndarray,
+                 labels: np.ndarray, cfg: FitConfig, frost_dir) -> None:
+    """Give ``detector`` a severity head and every table an entry per (corruption, severity).
+
+    The head is a detector of the same shape over ``"{corruption}@{s}"`` (and clean), trained with
+    the same recipe on the detector's own frames (``frames``/``labels`` from ``detector_set``,
+    whose severities are known from their order); each entry is calibrated on
+    ``cfg.severity_images`` training frames of exactly that severity (``severity.severity_tables``).
+    """
+    from .severity import sample_severities, severity_domains, severity_labels, severity_tables
+
+    corrupted = [d for d in cfg.domains if d != CLEAN]
+    names = severity_domains(corrupted)
+    targets = severity_labels(labels, sample_severities(len(cfg.domains), cfg.detector_images), cfg.domains, names)
+    head = fit(to_tensor(frames), torch.from_numpy(targets), names, replace(cfg.detector, hidden=cfg.severity_hidden))
+    detector.attach_severity(head, SEVERITIES)
+    entries = severity_tables(model, train, cfg.severity_images, cfg.seed, frost_dir, corrupted)
+    for table in tables.values():
+        table.stats.update({name: stats for name, stats in entries.stats.items() if name != CLEAN})
+        table.meta["severity_images"] = str(cfg.severity_images)
+
+
 def split_train(train: Split, seed: int) -> tuple[Split, Split]:
     """(fitting part, held-out tuning part) of the training split, by a seeded permutation."""
     order = np.random.default_rng([seed, 99]).permutation(len(train))
@@ -182,6 +207,12 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
     tables = build_tables(model, train, cfg.domains, sorted(set(ks or []) | {cfg.table_images}), cfg.seed, frost_dir)
     timings["tables_s"] = time.perf_counter() - t0
     log(f"BN tables for K in {sorted(tables)} ({timings['tables_s']:.0f} s)")
+    if cfg.severity_images:
+        t0 = time.perf_counter()
+        add_severity(model, detector, tables, train, frames, labels, cfg, frost_dir)
+        timings["severity_s"] = time.perf_counter() - t0
+        log(f"severity head and {len(SEVERITIES)} entries per corruption, K = {cfg.severity_images} "
+            f"({timings['severity_s']:.0f} s)")
     t0 = time.perf_counter()
     tuning = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
     if CLEAN in cfg.domains:

@@ -148,13 +148,15 @@ class SeverityConfig:
 
     @classmethod
     def full(cls, seed: int = 0) -> "SeverityConfig":
-        return cls(fit=FitConfig(seed=seed, detector=DetectorConfig(seed=seed)))
+        return cls(fit=FitConfig(seed=seed, detector=DetectorConfig(seed=seed), severity_images=0))
 
     @classmethod
     def quick(cls, seed: int = 0) -> "SeverityConfig":
         from .stream_cli import quick_fit
 
-        return cls(images=200, severities=(3, 5), severity_table_images=128, fit=quick_fit(seed))
+        fit = quick_fit(seed)
+        fit.severity_images = 0  # this report fits its own 76-class detector and entries
+        return cls(images=200, severities=(3, 5), severity_table_images=128, fit=fit)
 
 
 class Arms:

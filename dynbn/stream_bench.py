@@ -230,6 +230,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
             "curve_offsets": [-cfg.before, cfg.after - 1],
             "vote_rule": asdict(vote.rule) if vote is not None else None,
+            "vote_severity": ({"used": vote.severity, "corruption_weight": vote.corruption_weight}
+                              if vote is not None else None),
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
             "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
             "torch_threads": torch.get_num_threads(), "machine": machine(),

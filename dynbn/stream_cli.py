@@ -143,6 +143,11 @@ def cmd_stream_bench(args) -> int:
             cfg.arm_kwargs.setdefault(arm, {})["prior"] = args.dynbn_prior
     if args.open_unknown_prior is not None:
         cfg.arm_kwargs.setdefault("dynbn_open", {})["unknown_prior"] = args.open_unknown_prior
+    for arm in ("dynbn_vote", "dynbn_prior", "dynbn_open"):
+        if args.no_severity:
+            cfg.arm_kwargs.setdefault(arm, {})["severity"] = False
+        if args.corruption_weight is not None:
+            cfg.arm_kwargs.setdefault(arm, {})["corruption_weight"] = args.corruption_weight
     if args.ema_momentum is not None:
         cfg.arm_kwargs.setdefault("bn_ema", {})["momentum"] = args.ema_momentum
     if args.train_split:
@@ -241,6 +246,10 @@ def register(subparsers) -> None:
                    help="prior strength N of dynbn_prior and dynbn_open, table entry and unknown frames alike (default 16)")
     p.add_argument("--open-unknown-prior", type=float, default=None,
                    help="prior strength N of dynbn_open's unknown frames only (default: the same as the known frames')")
+    p.add_argument("--no-severity", action="store_true",
+                   help="dynbn_vote, dynbn_prior and dynbn_open use one table entry per corruption, not the severity estimate")
+    p.add_argument("--corruption-weight", type=float, default=None,
+                   help="weight of the corruption's own entry beside its severity entries (default 0.5)")
     p.add_argument("--ema-momentum", type=float, default=None, help="bn_ema's per-frame momentum (default: tuned)")
     p.set_defaults(func=cmd_stream_bench)
 

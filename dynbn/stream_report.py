@@ -147,6 +147,17 @@ def _machine(m: dict | None) -> str:
             "command on a CPU that rounds differently fits another detector, and the dynbn figures move)")
 
 
+def _severity_note(sev: dict | None) -> str:
+    """How dynbn_vote (and dynbn_prior, dynbn_open) chose a corrupted frame's statistics."""
+    if not sev:  # reports made before the severity estimate existed
+        return ""
+    if not sev["used"]:
+        return "dynbn_vote statistics: one table entry per corruption (severities mixed); "
+    w = sev["corruption_weight"]
+    return (f"dynbn_vote statistics: the voted corruption's entry (weight {w:g}) mixed with its entries per "
+            f"severity (weight {1 - w:g}, shared by the camera's severity estimate over its current segment); ")
+
+
 def _intro(r: dict) -> list[str]:
     rule = r.get("vote_rule") or {}
     overrides = "; ".join(f"{a}: {kw}" for a, kw in (r.get("arm_kwargs") or {}).items()) or "none"
@@ -161,7 +172,8 @@ def _intro(r: dict) -> list[str]:
             f"dynbn_vote rule: window {rule.get('window')}, margin {rule.get('margin')}, hold {rule.get('hold')}"
             # reports made before the clean discount existed name three values
             + (f", clean discount {rule['clean_discount']}" if "clean_discount" in rule else "") + "; "
-            f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
+            + _severity_note(r.get("vote_severity"))
+            + f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
             + _machine(r.get("machine")) + ".",
             "", STREAMS_NOTE[r.get("streams", "seen")], "", ARMS_NOTE, ""]
 

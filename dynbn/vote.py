@@ -16,6 +16,13 @@ frames are normalised with. The rule (window W, margin M, hold H, clean discount
   frames; any frame where it does not lead resets the count.
 
 The first frame of a camera sets the active domain to its leader (no state to keep yet).
+
+Severity (when the detector carries a severity head): a camera also sums, over the frames
+since its active domain last changed, the head's log-probabilities of each severity *given*
+the active domain. The sum is a naive-Bayes log-posterior of the segment's severity (frames
+independent, uniform prior); its softmax weighs the active domain's severity entries
+(``Votes.levels``). A new active domain starts a new sum, so the estimate sharpens as the
+segment goes on and never carries one corruption's severity into another.
 W=1, M=0, H=1, K=0 is per-frame argmax, i.e. ``dynbn_frame``. Decisions depend only on the camera's
 own frames, in arrival order, never on batch boundaries or other cameras.
 
@@ -108,6 +115,8 @@ class CameraVote:
     candidate: int = -1                        # leader currently accumulating evidence
     count: int = 0                             # consecutive frames the candidate has led
     switches: int = 0
+    level_domain: int = -1                     # the active domain ``level_sum`` belongs to
+    level_sum: np.ndarray | None = None        # summed severity log-probabilities since it took over
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.window, self.domains), dtype=np.float64)
@@ -171,6 +180,29 @@ class Votes:
         for i, cam in enumerate(cameras):  # arrival order: a camera's frames are processed as they came
             out[i] = step(self.state(cam), self.rule, probs[i], self.clean)
         return out
+
+
+    def levels(self, cameras: Sequence[Hashable], active: np.ndarray, logp: np.ndarray) -> np.ndarray:
+        """Severity weights per frame (B x S) of the frames ``update`` just processed.
+
+        ``logp`` (B x D x S): log-probabilities of each severity given each domain (the detector's
+        severity head); ``active`` (B,): what ``update`` returned for the same frames. Frame b's
+        weights are the softmax of its camera's summed ``logp[., active, :]`` over the frames since
+        that camera's active domain last changed, frame b included.
+        """
+        if logp.shape[:2] != (len(cameras), self.domains) or len(active) != len(cameras):
+            raise ValueError(f"severity log-probabilities of shape {logp.shape} for {len(cameras)} frames "
+                             f"and {self.domains} domains")
+        sums = np.empty((len(cameras), logp.shape[2]), dtype=np.float64)
+        for i, cam in enumerate(cameras):
+            state, d = self.state(cam), int(active[i])
+            if state.level_domain != d or state.level_sum is None:
+                state.level_domain, state.level_sum = d, logp[i, d].astype(np.float64)
+            else:
+                state.level_sum = state.level_sum + logp[i, d]
+            sums[i] = state.level_sum
+        weights = np.exp(sums - sums.max(axis=1, keepdims=True))
+        return weights / weights.sum(axis=1, keepdims=True)
 
 
 def replay(rule: VoteRule, probs: np.ndarray, clean: int | None = None) -> np.ndarray:

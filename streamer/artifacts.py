@@ -32,13 +32,15 @@ def fit_config(scn: Scenario) -> FitConfig:
     """The FitConfig a scenario asks for (training images only)."""
     f = scn.fit
     return FitConfig(domains=tuple(scn.domains()), detector_images=f.detector_images, table_images=f.table_images,
+                     severity_images=f.severity_images,
                      detector=DetectorConfig(epochs=f.epochs, seed=f.seed), seed=f.seed)
 
 
 def cache_key(model: str, cfg: FitConfig) -> str:
     """``{model}-{hash of the fit config}``: the cache sub-folder."""
-    # v2: detectors carry the open-set statistics and the clean bias comes from the wider grid
-    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 2}, sort_keys=True, default=list)
+    # v2: detectors carry the open-set statistics and the clean bias comes from the wider grid;
+    # v3: detectors carry a severity head and tables an entry per (corruption, severity)
+    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 3}, sort_keys=True, default=list)
     return f"{model.replace(':', '_')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -71,6 +71,9 @@ class FitSpec(_Strict):
     # the 256/128 detector needs ~20 epochs there to reach its accuracy (10 cost 7-10 points of
     # detection in the default and frequent-shifts scenarios), and 40 cost a few seconds more
     epochs: int = Field(40, ge=1)
+    # frames per (corruption, severity) table entry, with the detector's severity head: dynbn_vote
+    # normalises with its camera's severity estimate (0: one entry per corruption, no head)
+    severity_images: int = Field(256, ge=0)
     seed: int = 0
 
 

@@ -13,7 +13,8 @@ TINY = {
     "schedule": {"kind": "periodic", "period": 8},
     "corruptions": ["clean", "gaussian_noise", "contrast"], "severities": [5],
     "arms": ["source", "dynbn_vote"], "batch": {"size": 16, "max_wait_ms": 20},
-    "fit": {"domains": "scenario", "detector_images": 20, "table_images": 32, "epochs": 3},
+    "fit": {"domains": "scenario", "detector_images": 20, "table_images": 32, "epochs": 3,
+            "severity_images": 16},
     "partitions": 2, "seed": 0,
 }
 

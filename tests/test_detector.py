@@ -53,3 +53,23 @@ def test_wrong_frame_size_and_bad_file_are_named(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.safetensors"):
         Detector.load(tmp_path / "bad.safetensors")
+
+
+def test_severity_head_saves_loads_and_gives_severity_given_each_domain(tmp_path, frames):
+    x, y = _toy_domains(frames[:64])
+    det = fit(x, y, ["clean", "noise", "blur"], DetectorConfig(epochs=2, hidden=(32, 16)))
+    names = ["clean", "noise@1", "noise@2", "blur@1", "blur@2"]
+    head = fit(x, torch.tensor([0] * 64 + [1, 2] * 32 + [3, 4] * 32), names, DetectorConfig(epochs=2, hidden=(24, 12)))
+    det.attach_severity(head, (1, 2))
+    logp = det.severity_logprobs(det.spectra(x[:10]))
+    assert logp.shape == (10, 3, 2) and torch.allclose(logp.exp().sum(2), torch.ones(10, 3))
+    logits = head(x[:10]) - head.logit_bias
+    assert torch.allclose(logp[:, 2], logits[:, 3:5].log_softmax(1), atol=1e-5)  # blur@1, blur@2 given blur
+    det.save(tmp_path / "d.safetensors")
+    again = Detector.load(tmp_path / "d.safetensors")
+    assert again.has_severity and again.severities == (1, 2) and again.severity.domains == names
+    assert torch.equal(again.severity_logprobs(again.spectra(x[:10])), logp)
+    assert torch.equal(again.predict_proba(x[:10]), det.predict_proba(x[:10]))
+    assert again.macs() == det.macs() > Detector(["clean", "noise", "blur"], hidden=(32, 16)).macs()
+    with pytest.raises(ValueError, match="lacks the domains"):
+        Detector(["clean", "noise", "fog"]).attach_severity(head, (1, 2))

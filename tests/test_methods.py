@@ -23,14 +23,21 @@ STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open", "dynbn_pr
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _setup(model, frames):
-    """A small three-domain table and an untrained (but deterministic) detector over it."""
+def _setup(model, frames, severity: bool = False):
+    """A small three-domain table and an untrained (but deterministic) detector over it; with
+    ``severity``, the detector carries a severity head (severities 1, 2) and the table its entries."""
     noisy = (frames + 0.15 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     table = bn_table.calibrate(model, {"clean": frames[:64], "dark": frames[:64] * 0.5, "noise": noisy[:64]})
     torch.manual_seed(0)
     detector = Detector(DOMAINS).eval()
     fit_open_set(detector, torch.cat([frames[:16], frames[:16] * 0.5, noisy[:16]]), torch.arange(3).repeat_interleave(16),
                  noisy[16:48])
+    if severity:
+        torch.manual_seed(1)
+        detector.attach_severity(Detector(["clean", "dark@1", "dark@2", "noise@1", "noise@2"]), (1, 2))
+        lighter = (frames + 0.05 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+        table.stats.update(bn_table.calibrate(model, {"dark@1": frames[:64] * 0.7, "dark@2": frames[:64] * 0.3,
+                                                      "noise@1": lighter[:64], "noise@2": noisy[:64]}).stats)
     return table, detector, noisy
 
 
@@ -77,9 +84,10 @@ def test_arms_leave_the_shared_model_as_they_found_it(resnet20, frames):
         assert torch.equal(resnet20(frames[:8]), before)
 
 
+@pytest.mark.parametrize("severity", [False, True])
 @pytest.mark.parametrize("name", STATEFUL)
-def test_reset_restores_a_method_exactly(resnet20, frames, name):
-    table, det, noisy = _setup(resnet20, frames)
+def test_reset_restores_a_method_exactly(resnet20, frames, name, severity):
+    table, det, noisy = _setup(resnet20, frames, severity)
     arm = build_method(name, resnet20, table=table, detector=det)
     first = _run(arm, _batches(frames, noisy))
     arm.reset()
@@ -153,9 +161,9 @@ def test_vote_per_sample_path_equals_domain_switch(resnet20, frames):
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(0, 2**31 - 1), st.integers(2, 24))
-def test_per_sample_arms_do_not_depend_on_batch_mates(resnet20, frames, seed, size):
-    table, det, noisy = _setup(resnet20, frames)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 24), st.booleans())
+def test_per_sample_arms_do_not_depend_on_batch_mates(resnet20, frames, seed, size, severity):
+    table, det, noisy = _setup(resnet20, frames, severity)
     pool, truth = torch.cat([frames[:32], noisy[:32]]), ["clean"] * 32 + ["noise"] * 32
     rng = np.random.default_rng(seed)
     mates = rng.choice(np.arange(1, 64), size - 1, replace=False)
@@ -214,3 +222,44 @@ def test_the_vote_applies_its_clean_discount_to_the_clean_domain(resnet20, frame
     table, det, _ = _setup(resnet20, frames)
     vote = build_method("dynbn_vote", resnet20, table=table, detector=det, rule=VoteRule(1, 0.0, 1, 3.0))
     assert vote.votes.clean == list(det.domains).index("clean")
+
+
+def test_severity_estimate_mixes_the_voted_corruptions_entries(resnet20, frames):
+    table, det, noisy = _setup(resnet20, frames, severity=True)
+    x, cams = torch.cat([frames[:4], noisy[:4], frames[4:8] * 0.5]), [0] * 4 + [1] * 4 + [2] * 4
+    plain = build_method("dynbn_vote", resnet20, table=table, detector=det, severity=False)
+    whole = build_method("dynbn_vote", resnet20, table=table, detector=det, corruption_weight=1.0)
+    half = build_method("dynbn_vote", resnet20, table=table, detector=det)
+    assert whole.severity and half.severity and not plain.severity
+    out = plain(x, cams)
+    assert torch.allclose(whole(x, cams), out, atol=1e-5)  # all weight on the corruption's entry: the paper's table
+    mixed = half(x, cams)
+    assert torch.equal(half.last_index, plain.last_index)  # the severity estimate never changes the vote
+    corrupted = torch.tensor([det.domains[int(d)] != "clean" for d in half.last_index])
+    assert corrupted.any() and not torch.allclose(mixed[corrupted], out[corrupted], atol=1e-3)
+    assert torch.allclose(mixed[~corrupted], out[~corrupted], atol=1e-5)  # clean frames: the clean entry alone
+    w = half.last_levels
+    assert torch.allclose(w.sum(1), torch.ones(len(x))) and (w[corrupted, 0] == 0.5).all()
+    # the mixture's moments, layer by layer, are the weighted mixture of the rows it names
+    name = next(iter(half.layers))
+    index = half.levels[half.last_index]
+    mean, var = half.frame_stats(index, w)[name]
+    rows_mean, rows_var = half.stats[name]
+    b = int(torch.nonzero(corrupted)[0])
+    ref_mean = (w[b, :, None] * rows_mean[index[b]]).sum(0)
+    ref_second = (w[b, :, None] * (rows_var[index[b]] + rows_mean[index[b]] ** 2)).sum(0)
+    assert torch.allclose(mean[b], ref_mean, atol=1e-5) and torch.allclose(var[b], ref_second - ref_mean**2, atol=1e-4)
+
+
+def test_a_severity_detector_needs_the_tables_severity_entries(resnet20, frames):
+    table, det, _ = _setup(resnet20, frames, severity=True)
+    del table.stats["noise@2"]
+    with pytest.raises(ValueError, match=r"lacks the entries \['noise@2'\]"):
+        build_method("dynbn_vote", resnet20, table=table, detector=det)
+    assert not build_method("dynbn_open", resnet20, table=table, detector=det, severity=False).severity
+    plain_table, plain_det, _ = _setup(resnet20, frames)
+    assert not build_method("dynbn_prior", resnet20, table=plain_table, detector=plain_det).severity
+    with pytest.raises(ValueError, match="severity head"):
+        build_method("dynbn_vote", resnet20, table=plain_table, detector=plain_det, severity=True)
+    with pytest.raises(ValueError, match="corruption_weight"):
+        build_method("dynbn_vote", resnet20, table=plain_table, detector=plain_det, corruption_weight=1.5)

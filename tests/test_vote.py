@@ -179,3 +179,23 @@ def test_the_command_line_rule_takes_an_optional_clean_discount():
     for bad in ("1,0.2", "1,0.2,1,3,4", "1,0.2,1,-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             _rule(bad)
+
+
+def test_severity_evidence_is_summed_per_camera_over_its_current_segment():
+    votes = Votes(VoteRule(1, 0.0, 1), 3)
+    rng = np.random.default_rng(0)
+    logp = np.log(rng.dirichlet(np.ones(2), size=(6, 3)))  # 6 frames x 3 domains x 2 severities
+    cams = ["a", "b", "a", "a", "b", "a"]
+    active = np.array([1, 2, 1, 1, 2, 0])  # camera a: domain 1 for three frames, then 0
+    w = votes.levels(cams, active, logp)
+
+    def post(rows, d):
+        total = logp[rows, d].sum(0)
+        return np.exp(total) / np.exp(total).sum()
+
+    assert np.allclose(w[3], post([0, 2, 3], 1))   # a's segment so far, its own frames only
+    assert np.allclose(w[4], post([1, 4], 2))      # b's frames, independent of a's
+    assert np.allclose(w[5], post([5], 0))         # a new active domain starts a new sum
+    assert np.allclose(w.sum(1), 1)
+    with pytest.raises(ValueError, match="severity log-probabilities"):
+        votes.levels(cams, active, logp[:, :2])

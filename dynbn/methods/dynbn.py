@@ -9,15 +9,18 @@ deployed arm for streams.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
 from ..bn_table import BNTable, bn_layers
 from ..detector import Detector
+from ..domains import CLEAN
 from ..per_sample import DomainSwitch
 from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
 from .base import Method, cameras_or_default
-from .norm_patch import affine, patched_bn, rows_forward
+from .norm_patch import affine, apply_rows, patched_bn, rows_forward
 
 
 class DynBNOracle(Method):
@@ -61,6 +64,12 @@ class DynBNFrame(Method):
         return self.switch.forward(x, self.last_detected)
 
 
+# Weight of a corruption's own entry (severities mixed) in the statistics of a frame of that corruption
+# when the severity is estimated; the severity entries share the rest. Chosen on streams of corrupted
+# TRAINING images (quick fit, 2,048 frames per period, N = 1 to 256): see the README, "Severity".
+CORRUPTION_WEIGHT = 0.5
+
+
 class DynBNVote(Method):
     """Detect every frame's domain, smooth the guesses per camera with a vote, then swap statistics.
 
@@ -69,17 +78,30 @@ class DynBNVote(Method):
     per-sample statistics of each frame's active domain. ``last_index`` holds the active
     domain index per frame of the last batch (into ``detector.domains``).
 
+    Severity: when the detector carries a severity head and the table holds an entry per
+    (corruption, severity) (``fitting.build`` makes both), a frame of corruption c is
+    normalised with the mixture of c's severity entries (moments of the mixture, as
+    ``dynbn_soft``) weighted by its camera's severity estimate (``Votes.levels``: the head's
+    evidence summed over the frames since the camera's corruption took over). ``severity=False``
+    uses the one entry per corruption even then (the paper's table); ``None`` (default) uses
+    severity whenever both parts are there, ``True`` insists on them.
+
     The per-sample BN here is ``norm_patch.rows_forward``: the arithmetic of
     ``DomainSwitch``, with each domain's ``x * scale + shift`` precomputed from the table
     and applied in one ``addcmul`` pass, so a mixed batch costs what plain BN costs (the
     vote's budget is 10 % over ``source`` at B = 64). The maps are computed from the
-    model's BN affine parameters when the method is built; no arm changes those.
+    model's BN affine parameters when the method is built; no arm changes those. With
+    severity, each frame's mixed statistics are computed per batch (a B x S x C gather per layer).
     """
 
     name = "dynbn_vote"
 
-    def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE) -> None:
+    def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
+                 severity: bool | None = None, corruption_weight: float = CORRUPTION_WEIGHT) -> None:
         super().__init__(model)
+        if not 0.0 <= corruption_weight <= 1.0:
+            raise ValueError(f"corruption_weight is a mixture weight in [0, 1], got {corruption_weight}")
+        self.corruption_weight = float(corruption_weight)
         missing = sorted(set(detector.domains) - set(table.domains))
         if missing:
             raise ValueError(f"the detector names domains {missing} that the BN table lacks")
@@ -89,7 +111,37 @@ class DynBNVote(Method):
         self.maps = {name: affine(bn, *table.stacked(name, list(detector.domains)))  # (scale, shift), D x C each
                      for name, bn in self.layers.items()}
         self.votes = Votes(rule, len(detector.domains), clean_index(detector.domains))
+        self.severity = self._use_severity(table, detector, severity)
+        # rows of the statistics a frame may be normalised with: the detector's domains, then (with
+        # severity) every (corruption, severity) entry; ``levels[d]``: the S rows domain d mixes
+        rows = list(detector.domains)
+        levels = [[d] * (1 + len(detector.severities) if self.severity else 1) for d in range(len(rows))]
+        if self.severity:
+            for d, domain in enumerate(detector.domains):
+                if bool(detector.has_levels[d]):
+                    levels[d] = [d] + list(range(len(rows), len(rows) + len(detector.severities)))
+                    rows += [f"{domain}@{s}" for s in detector.severities]
+        self.rows = rows
+        self.levels = torch.tensor(levels, dtype=torch.long)  # D x S
+        self.stats = {name: table.stacked(name, rows) for name in self.layers}  # R x C each
         self.last_index: torch.Tensor | None = None
+        self.last_levels: torch.Tensor | None = None  # B x S severity weights of the last batch (severity only)
+
+    @staticmethod
+    def _use_severity(table: BNTable, detector: Detector, wanted: bool | None) -> bool:
+        if wanted is False:
+            return False
+        if not detector.has_severity:
+            if wanted:
+                raise ValueError("severity=True needs a detector with a severity head (fitted by `dynbn fit`)")
+            return False
+        lacking = [f"{d}@{s}" for d in detector.domains if d != CLEAN for s in detector.severities
+                   if f"{d}@{s}" not in table.domains]
+        if lacking:
+            raise ValueError(f"the detector reads severities but the BN table lacks the entries {lacking[:5]}"
+                             f"{' ...' if len(lacking) > 5 else ''}: calibrate the table with the detector "
+                             "(`dynbn fit`), or pass severity=False")
+        return True
 
     @property
     def rule(self) -> VoteRule:
@@ -98,18 +150,88 @@ class DynBNVote(Method):
     def reset(self) -> None:
         self.votes.reset()
         self.last_index = None
+        self.last_levels = None
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         cams = cameras_or_default(cameras, len(x))
-        probs = self.detector(x).softmax(dim=1)
-        active = self.votes.update(cams, probs.double().cpu().numpy())
+        logits, _, logp = self.detector.read(x, severity=self.severity)
+        active = self.votes.update(cams, logits.softmax(dim=1).double().cpu().numpy())
         self.last_index = torch.from_numpy(active)
-        return self.voted_forward(x, cams, active)
+        return self.voted_forward(x, cams, active, self.level_weights(cams, active, logp))
 
-    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
-        """The model once the vote has chosen each frame's domain (``active``); here, the table rows alone."""
-        return self.table_forward(x, torch.from_numpy(active))
+    def level_weights(self, cams: list, active: np.ndarray, logp: torch.Tensor | None) -> torch.Tensor | None:
+        """B x (1 + S) weights over each frame's ``levels`` rows (None without severity): for a frame whose
+        domain has severities, ``corruption_weight`` on the domain's own entry and the rest shared by its
+        severity entries as the camera's severity estimate says; all weight on the first row otherwise."""
+        if not self.severity:
+            return None
+        estimate = torch.from_numpy(self.votes.levels(cams, active, logp.double().cpu().numpy())).float()
+        w = torch.cat([torch.full((len(active), 1), self.corruption_weight), (1 - self.corruption_weight) * estimate], 1)
+        plain = ~self.detector.has_levels[torch.from_numpy(active)]
+        w[plain] = 0.0
+        w[plain, 0] = 1.0
+        self.last_levels = w
+        return w
+
+    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The model once the vote has chosen each frame's domain (``active``) and severity weights; here,
+        the table rows alone."""
+        if weights is None:
+            return self.table_forward(x, torch.from_numpy(active))
+        mean, var = self._mixed(self.levels[torch.from_numpy(active)].to(x.device), weights.to(x.device, x.dtype))
+        weight, bias, eps = self._flat_affine
+        scale = torch.rsqrt(var + eps) * weight  # B x (all channels): BN's affine map, every layer at once
+        shift = bias - mean * scale
+        spans = self._spans
+
+        def make(name, bn):
+            a, b = spans[name]
+            return lambda h: apply_rows(h, scale[:, a:b], shift[:, a:b])
+
+        with patched_bn(self.layers, make):
+            return self.model(x)
+
+    def frame_stats(self, index: torch.Tensor, weights: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-frame (mean, var), B x C, of every layer: the moments of the mixture of rows ``index[b]``
+        (B x S) weighted by ``weights[b]`` (B x S)."""
+        mean, var = self._mixed(index, weights)
+        return {name: (mean[:, a:b], var[:, a:b]) for name, (a, b) in self._spans.items()}
+
+    def _mixed(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frame_stats`` for all layers' channels side by side (B x sum C), as three small matrix
+        products for the whole model: mean = W M, var = W V + (W M^2 - mean^2), W (B x rows) holding each
+        frame's weights. A frame with all its weight on one row gets that row's statistics exactly (W M^2
+        and mean^2 are then the same number)."""
+        mean_rows, var_rows, square_rows = self._flat_stats
+        w = torch.zeros(len(index), len(mean_rows), dtype=weights.dtype, device=weights.device)
+        w.scatter_add_(1, index, weights)
+        mean = w @ mean_rows
+        return mean, w @ var_rows + (w @ square_rows - mean * mean).clamp_min(0.0)
+
+    @cached_property
+    def _spans(self) -> dict[str, tuple[int, int]]:
+        """Each layer's slice of the side-by-side channels."""
+        ends = np.cumsum([0] + [bn.num_features for bn in self.layers.values()])
+        return {name: (int(a), int(b)) for name, a, b in zip(self.layers, ends[:-1], ends[1:])}
+
+    @cached_property
+    def _flat_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``self.stats`` (rows x C per layer) side by side: (rows x sum C) means, variances and squared
+        means (built on first use, after every subclass has added its rows)."""
+        mean = torch.cat([self.stats[name][0] for name in self.layers], 1)
+        return mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean
+
+    @cached_property
+    def _flat_affine(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every layer's BN weight, bias and eps side by side (sum C each; weight 1 and bias 0 where absent)."""
+        def part(bn, attr, fill):
+            p = getattr(bn, attr)
+            return p.detach() if p is not None else torch.full((bn.num_features,), fill)
+        layers = self.layers.values()
+        return (torch.cat([part(bn, "weight", 1.0) for bn in layers]), torch.cat([part(bn, "bias", 0.0) for bn in layers]),
+                torch.cat([torch.full((bn.num_features,), float(bn.eps)) for bn in layers]))
 
     def table_forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by table row ``index[b]`` (into ``detector.domains``)."""

@@ -58,21 +58,25 @@ class DynBNOpen(DynBNPrior):
     name = "dynbn_open"
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
-                 prior: float = PRIOR_STRENGTH, unknown_prior: float | None = None) -> None:
+                 prior: float = PRIOR_STRENGTH, unknown_prior: float | None = None,
+                 severity: bool | None = None) -> None:
         """``prior``: N for known frames' table entries; ``unknown_prior``: N for unknown frames' checkpoint
         statistics (None: the same N)."""
         if not detector.has_open_set:
             raise ValueError("this detector has no open-set statistics (fitted before dynbn.open_set existed): "
                              "refit it with `dynbn fit` to use dynbn_open")
-        super().__init__(model, table, detector, rule, prior)
+        super().__init__(model, table, detector, rule, prior, severity)
         if unknown_prior is not None and unknown_prior < 0:
             raise ValueError(f"prior strength N of unknown frames must be >= 0, got {unknown_prior}")
         self.unknown_prior = self.prior if unknown_prior is None else float(unknown_prior)
-        # row D of every layer's prior statistics: the checkpoint's own, the prior of unknown frames
-        self.unknown = len(detector.domains)  # that row's index, and the one ``last_index`` gives unknown frames
+        # active index D (what ``last_index`` gives unknown frames) stands for the checkpoint's own
+        # statistics, the prior of unknown frames: a last row of every layer's statistics
+        self.unknown = len(detector.domains)
         source = source_stats(model)
+        row = len(self.rows)
         self.stats = {name: (torch.cat([mean, source[name][0][None]]), torch.cat([var, source[name][1][None]]))
                       for name, (mean, var) in self.stats.items()}
+        self.levels = torch.cat([self.levels, torch.full((1, self.levels.shape[1]), row)])
 
     def prior_strength(self, rows: np.ndarray) -> torch.Tensor:
         return torch.where(torch.from_numpy(rows == self.unknown), self.unknown_prior, self.prior)
@@ -88,11 +92,14 @@ class DynBNOpen(DynBNPrior):
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         cams = cameras_or_default(cameras, len(x))
-        logits, distance = self.detector.logits_and_distance(x)
+        logits, distance, logp = self.detector.read(x, distance=True, severity=self.severity)
         active = self.votes.update(cams, logits.softmax(dim=1).double().cpu().numpy())
+        weights = self.level_weights(cams, active, logp)
         unknown = (distance > self.detector.ood_threshold).cpu().numpy()
         rows = np.where(unknown, self.unknown, active)
         self.last_index = torch.from_numpy(rows)
+        if weights is not None:  # unknown frames: all weight on their one row
+            weights[torch.from_numpy(unknown)] = torch.tensor([1.0] + [0.0] * (weights.shape[1] - 1))
         # groups are (camera, prior row): a camera's unknown frames, all on the extra row, form their own group
         exact = self.exact[torch.from_numpy(active)] & ~torch.from_numpy(unknown)
-        return self.prior_forward(x, cams, rows, exact)
+        return self.prior_forward(x, cams, rows, exact, weights)

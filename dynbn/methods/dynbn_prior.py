@@ -82,43 +82,52 @@ class DynBNPrior(DynBNVote):
     name = "dynbn_prior"
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
-                 prior: float = PRIOR_STRENGTH) -> None:
-        super().__init__(model, table, detector, rule)
+                 prior: float = PRIOR_STRENGTH, severity: bool | None = None) -> None:
+        super().__init__(model, table, detector, rule, severity)
         if prior < 0:
             raise ValueError(f"prior strength N must be >= 0, got {prior}")
         self.prior = float(prior)
-        self.stats = {name: table.stacked(name, list(detector.domains)) for name in self.layers}  # D x C each
         # the clean entry is the checkpoint's own statistics (estimated on the whole training set), exact
         # for clean frames: frames voted clean keep it unmixed, so clean frames lose nothing
         self.exact = torch.tensor([d == CLEAN for d in detector.domains])
 
-    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray) -> torch.Tensor:
-        """The model with frame b normalised by table row ``active[b]`` mixed with its group's statistics."""
-        return self.prior_forward(x, cams, active, self.exact[torch.from_numpy(active)])
+    def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The model with frame b normalised by its voted statistics (``active[b]``'s entry, or the mixture
+        of its severity entries) mixed with its group's statistics."""
+        return self.prior_forward(x, cams, active, self.exact[torch.from_numpy(active)], weights)
 
     def prior_strength(self, rows: np.ndarray) -> torch.Tensor:
         """The prior strength N per frame, from its prior row (here ``self.prior`` for every row)."""
         return torch.full((len(rows),), self.prior)
 
-    def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, exact: torch.Tensor) -> torch.Tensor:
-        """The model with frame b normalised by prior row ``rows[b]`` of ``self.stats``, mixed N : n with
-        the statistics of its group (the batch's frames with b's camera and prior row); frames with
-        ``exact[b]`` keep their prior row unmixed."""
+    def prior_forward(self, x: torch.Tensor, cams: list, rows: np.ndarray, exact: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The model with frame b normalised by its prior, mixed N : n with the statistics of its group
+        (the batch's frames with b's camera and prior row ``rows[b]``); frames with ``exact[b]`` keep
+        their prior unmixed. The prior is the mixture of ``levels[rows[b]]`` weighted by ``weights[b]``
+        (None: the first of those rows, i.e. the row's own table entry)."""
         group, groups = groups_of(cams, rows)
-        index, group = torch.from_numpy(rows).to(x.device), group.to(x.device)
+        index, group = self.levels[torch.from_numpy(rows)].to(x.device), group.to(x.device)
+        if weights is None:
+            weights = torch.zeros(index.shape, dtype=x.dtype)
+            weights[:, 0] = 1.0
+        weights = weights.to(x.device, x.dtype)
         # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
         strength = self.prior_strength(rows).to(x.device, x.dtype)
         w = (strength / (strength + frames[group]))[:, None]                   # B x 1
         w = torch.where(exact.to(x.device)[:, None], torch.ones_like(w), w)
 
+        priors = self.frame_stats(index, weights)
+
         def make(name, bn):
-            prior_mean, prior_var = self.stats[name]
+            prior_mean, prior_var = priors[name]
 
             def fwd(h):
                 mean, var, _ = group_moments(h, group, groups, frames)
-                return normalise_per_sample(h, bn, w * prior_mean[index] + (1 - w) * mean[group],
-                                            w * prior_var[index] + (1 - w) * var[group])
+                return normalise_per_sample(h, bn, w * prior_mean + (1 - w) * mean[group],
+                                            w * prior_var + (1 - w) * var[group])
             return fwd
 
         with patched_bn(self.layers, make):
