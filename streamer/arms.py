@@ -5,7 +5,7 @@ copy of the model (and detector), so stateful arms never see each other's change
 arms run side by side on the same batch.
 
 Per-camera state that travels: dynbn_vote's vote state (``dynbn.vote.CameraVote``, a few
-hundred bytes) is exported here as JSON, and any arm may implement
+hundred bytes, its severity evidence included) is exported here as JSON, and any arm may implement
 ``export_state(camera) -> dict`` / ``import_state(camera, dict)``; the worker commits each
 camera's state with its results, so a worker that takes a camera over resumes it exactly.
 Arms without either (bn_ema, tent: model-sized state) keep their per-camera state in the
@@ -81,7 +81,9 @@ def export_state(arm, camera: str) -> dict | None:
         return None
     v = votes.cameras[camera]
     return {"probs": v.probs.tolist(), "seen": v.seen, "active": v.active, "candidate": v.candidate,
-            "count": v.count, "switches": v.switches}
+            "count": v.count, "switches": v.switches,
+            # the severity evidence of the camera's current segment (dynbn_vote with a severity head)
+            "level_domain": v.level_domain, "level_sum": None if v.level_sum is None else v.level_sum.tolist()}
 
 
 def import_state(arm, camera: str, state: dict) -> None:
@@ -94,6 +96,9 @@ def import_state(arm, camera: str, state: dict) -> None:
         v.probs = np.asarray(state["probs"], dtype=np.float64).reshape(v.probs.shape)
         v.seen, v.active, v.candidate = int(state["seen"]), int(state["active"]), int(state["candidate"])
         v.count, v.switches = int(state["count"]), int(state["switches"])
+        v.level_domain = int(state.get("level_domain", -1))  # states committed before severity existed lack it
+        level_sum = state.get("level_sum")
+        v.level_sum = None if level_sum is None else np.asarray(level_sum, dtype=np.float64)
 
 
 def export_states(arms: dict, cameras) -> dict[str, str]:
