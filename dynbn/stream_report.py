@@ -15,12 +15,14 @@ ARMS_NOTE = (
     f"prior strength N = {bn_prior.PRIOR_STRENGTH}); bn_ema (moving average per camera, momentum "
     f"{bn_ema.MOMENTUM} per frame, tuned on training streams); tent (Wang et al. 2021: Adam lr {tent.LR}, one "
     f"step per batch, continual); unmix_tns (Tomar et al. 2024: K = {unmix_tns.COMPONENTS}, authors' defaults); "
-    "dynbn_frame (detected domain per frame); dynbn_vote (detector + per-camera vote); dynbn_open (dynbn_prior "
+    "dynbn_frame (detected domain per frame, its table entry); dynbn_vote (detector + per-camera vote, and with a "
+    "severity head the camera's severity estimate); dynbn_open (dynbn_prior "
     "that calls frames beyond the open-set threshold unknown and normalises them with the checkpoint's statistics "
     f"mixed N = {bn_prior.PRIOR_STRENGTH} : n with those of the camera's unknown frames in the batch); "
-    "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's table "
-    f"entry as the prior, N = {bn_prior.PRIOR_STRENGTH}, on the statistics of the frame's camera-and-segment group in "
-    "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain).")
+    "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's statistics "
+    f"as the prior, N = {bn_prior.PRIOR_STRENGTH}, on the statistics of the frame's camera-and-segment group in "
+    "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain, its entry with severities "
+    "mixed).")
 
 OPEN_MARGIN = 0.03      # held-out corruptions: dynbn_open >= dynbn_vote + this
 OPEN_SEEN_LOSS = 0.01   # seen corruptions: dynbn_open >= dynbn_vote - this
