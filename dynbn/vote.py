@@ -95,6 +95,9 @@ class VoteRule:
 # by T; h 0.01-0.7, T 0.5-8: at best equal to the rule before the discount), and choosing the
 # table that maximises expected accuracy under the detector's probabilities (accuracy matrix
 # measured on other held-out training frames: 0.3 points below argmax).
+# The rule was tuned with the paper's table (one entry per corruption), before the severity
+# estimate existed; the estimate never changes which domain a camera is in, only the statistics
+# the domain's frames get.
 DEFAULT_RULE = VoteRule(window=1, margin=0.3, hold=1, clean_discount=3.0)
 
 
