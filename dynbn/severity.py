@@ -404,12 +404,7 @@ def severity_markdown(r: dict, command: str) -> str:
               f"{pct(det['exact76']['mean'])} |",
               f"| clean kept clean | {pct(det['corruption16']['clean_kept'])} | "
               f"{pct(det['corruption76']['clean_kept'])} | |", "",
-              f"Here every frame is on its own. ``dynbn_vote`` uses the same entries differently: it sums the
-severity evidence over a camera's segment and keeps half the weight on the corruption's entry
-(``dynbn.vote.Votes.levels``, ``dynbn.methods.dynbn.DynBNVote``), which gains where this
-per-frame choice does not.
-
-Both detectors train on the same frames ({cfg['fit']['detector_images']} per domain and severity) "
+              f"Both detectors train on the same frames ({cfg['fit']['detector_images']} per domain and severity) "
               f"and share the clean logit bias tuned for the 16-class one ({r['clean_bias']:.2f}). The 76-class "
               "corruption is the argmax of its probabilities summed over severities.", "",
               "## Sizes", "",
