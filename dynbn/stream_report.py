@@ -152,7 +152,8 @@ def _machine(m: dict | None) -> str:
 def _severity_note(sev: dict | None) -> str:
     """How dynbn_vote (and dynbn_prior, dynbn_open) chose a corrupted frame's statistics."""
     if not sev:  # reports made before the severity estimate existed
-        return ""
+        return ("dynbn_vote statistics: one table entry per corruption (this report predates the severity "
+                "estimate: add --no-severity to its command to regenerate it); ")
     if not sev["used"]:
         return "dynbn_vote statistics: one table entry per corruption (severities mixed); "
     w = sev["corruption_weight"]
