@@ -99,7 +99,8 @@ class DynBNVote(Method):
     and applied in one ``addcmul`` pass, so a mixed batch costs what plain BN costs (the
     vote's budget is 10 % over ``source`` at B = 64). The maps are computed from the
     model's BN affine parameters when the method is built; no arm changes those. With
-    severity, each frame's mixed statistics are computed per batch (a B x S x C gather per layer).
+    severity, each frame's mixed statistics are computed per batch, for all layers at once
+    (three small matrix products, ``_mixed``), then turned into the same per-frame affine maps.
     """
 
     name = "dynbn_vote"
@@ -121,7 +122,8 @@ class DynBNVote(Method):
         self.votes = Votes(rule, len(detector.domains), clean_index(detector.domains))
         self.severity = self._use_severity(table, detector, severity)
         # rows of the statistics a frame may be normalised with: the detector's domains, then (with
-        # severity) every (corruption, severity) entry; ``levels[d]``: the S rows domain d mixes
+        # severity) every (corruption, severity) entry; ``levels[d]``: the rows domain d mixes, its own
+        # entry first and then its S severity entries (its own entry repeated for clean)
         rows = list(detector.domains)
         levels = [[d] * (1 + len(detector.severities) if self.severity else 1) for d in range(len(rows))]
         if self.severity:
@@ -130,10 +132,10 @@ class DynBNVote(Method):
                     levels[d] = [d] + list(range(len(rows), len(rows) + len(detector.severities)))
                     rows += [f"{domain}@{s}" for s in detector.severities]
         self.rows = rows
-        self.levels = torch.tensor(levels, dtype=torch.long)  # D x S
+        self.levels = torch.tensor(levels, dtype=torch.long)  # D x (1 + S); D x 1 without severity
         self.stats = {name: table.stacked(name, rows) for name in self.layers}  # R x C each
         self.last_index: torch.Tensor | None = None
-        self.last_levels: torch.Tensor | None = None  # B x S severity weights of the last batch (severity only)
+        self.last_levels: torch.Tensor | None = None  # B x (1 + S) weights of the last batch (severity only)
 
     @staticmethod
     def _use_severity(table: BNTable, detector: Detector, wanted: bool | None) -> bool:
@@ -203,7 +205,7 @@ class DynBNVote(Method):
 
     def frame_stats(self, index: torch.Tensor, weights: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-frame (mean, var), B x C, of every layer: the moments of the mixture of rows ``index[b]``
-        (B x S) weighted by ``weights[b]`` (B x S)."""
+        (B x L) weighted by ``weights[b]`` (B x L)."""
         mean, var = self._mixed(index, weights)
         return {name: (mean[:, a:b], var[:, a:b]) for name, (a, b) in self._spans.items()}
 
