@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .domains import CLEAN
 from .spectrum import EPS, feature_dim, spectrum
 
 
@@ -91,7 +92,7 @@ class Detector(nn.Module):
         and every s in ``severities`` (plus any other names, such as clean, which are ignored)."""
         if (head.height, head.width, head.eps) != (self.height, self.width, self.eps):
             raise ValueError("the severity head must read the same spectrum (frame size and eps) as the detector")
-        missing = [f"{d}@{s}" for d in self.domains if d != "clean" for s in severities
+        missing = [f"{d}@{s}" for d in self.domains if d != CLEAN for s in severities
                    if f"{d}@{s}" not in head.domains]
         if missing:
             raise ValueError(f"the severity head lacks the domains {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -101,7 +102,7 @@ class Detector(nn.Module):
         cols = [[head.domains.index(f"{d}@{s}") if f"{d}@{s}" in head.domains else 0 for s in self.severities]
                 for d in self.domains]
         self._severity_cols = torch.tensor(cols, dtype=torch.long)            # D x S
-        self.has_levels = torch.tensor([d != "clean" for d in self.domains])  # domains whose severity is read
+        self.has_levels = torch.tensor([d != CLEAN for d in self.domains])  # domains whose severity is read
 
     @property
     def has_severity(self) -> bool:

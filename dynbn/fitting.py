@@ -8,7 +8,7 @@ so each piece is reproducible on its own and independent of the order pieces are
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -125,14 +125,11 @@ def add_severity(model: nn.Module, detector, tables: dict[int, BNTable], train: 
     whose severities are known from their order); each entry is calibrated on
     ``cfg.severity_images`` training frames of exactly that severity (``severity.severity_tables``).
     """
-    from .severity import sample_severities, severity_domains, severity_labels, severity_tables
+    from .severity import fit_head, severity_tables
 
-    corrupted = [d for d in cfg.domains if d != CLEAN]
-    names = severity_domains(corrupted)
-    targets = severity_labels(labels, sample_severities(len(cfg.domains), cfg.detector_images), cfg.domains, names)
-    head = fit(to_tensor(frames), torch.from_numpy(targets), names, replace(cfg.detector, hidden=cfg.severity_hidden))
-    detector.attach_severity(head, SEVERITIES)
-    entries = severity_tables(model, train, cfg.severity_images, cfg.seed, frost_dir, corrupted)
+    detector.attach_severity(fit_head(frames, labels, cfg, cfg.severity_hidden), SEVERITIES)
+    entries = severity_tables(model, train, cfg.severity_images, cfg.seed, frost_dir,
+                              [d for d in cfg.domains if d != CLEAN])
     for table in tables.values():
         table.stats.update({name: stats for name, stats in entries.stats.items() if name != CLEAN})
         table.meta["severity_images"] = str(cfg.severity_images)

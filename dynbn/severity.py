@@ -34,7 +34,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,14 @@ def interpolation_weights(logits: torch.Tensor, n_severities: int = len(SEVERITI
     return weights, detected
 
 
+def fit_head(frames: np.ndarray, domain_idx: np.ndarray, cfg: FitConfig, hidden: tuple[int, int]) -> Detector:
+    """A detector over ``severity_domains`` trained on the detector's frames (``fitting.domain_samples``
+    order: domain-major, then severities), with ``cfg.detector``'s recipe and ``hidden`` units."""
+    names = severity_domains([d for d in cfg.domains if d != CLEAN])
+    labels = severity_labels(domain_idx, sample_severities(len(cfg.domains), cfg.detector_images), cfg.domains, names)
+    return fit(to_tensor(frames), torch.from_numpy(labels), names, replace(cfg.detector, hidden=hidden))
+
+
 def fit_severity_detector(fit_part: data.Split, cfg: FitConfig, clean_bias: float, frost_dir) -> tuple[Detector, dict]:
     """The 76-class detector, trained on the 16-class detector's frames with (corruption, severity) labels.
 
@@ -109,11 +117,9 @@ def fit_severity_detector(fit_part: data.Split, cfg: FitConfig, clean_bias: floa
     """
     t0 = time.perf_counter()
     frames, domain_idx, _ = domain_samples(fit_part, cfg.domains, cfg.detector_images, "detector", cfg.seed, frost_dir)
-    names = severity_domains([d for d in cfg.domains if d != CLEAN])
-    labels = severity_labels(domain_idx, sample_severities(len(cfg.domains), cfg.detector_images), cfg.domains, names)
     t1 = time.perf_counter()
-    detector = fit(to_tensor(frames), torch.from_numpy(labels), names, cfg.detector)
-    detector.logit_bias[names.index(CLEAN)] = clean_bias
+    detector = fit_head(frames, domain_idx, cfg, cfg.detector.hidden)
+    detector.logit_bias[detector.domains.index(CLEAN)] = clean_bias
     return detector, {"severity_detector_data_s": t1 - t0, "severity_detector_fit_s": time.perf_counter() - t1}
 
 

@@ -145,8 +145,8 @@ class DynBNVote(Method):
             if wanted:
                 raise ValueError("severity=True needs a detector with a severity head (fitted by `dynbn fit`)")
             return False
-        lacking = [f"{d}@{s}" for d in detector.domains if d != CLEAN for s in detector.severities
-                   if f"{d}@{s}" not in table.domains]
+        lacking = [f"{d}@{s}" for d, read in zip(detector.domains, detector.has_levels.tolist()) if read
+                   for s in detector.severities if f"{d}@{s}" not in table.domains]
         if lacking:
             raise ValueError(f"the detector reads severities but the BN table lacks the entries {lacking[:5]}"
                              f"{' ...' if len(lacking) > 5 else ''}: calibrate the table with the detector "
@@ -170,15 +170,19 @@ class DynBNVote(Method):
         self.last_index = torch.from_numpy(active)
         return self.voted_forward(x, cams, active, self.level_weights(cams, active, logp))
 
-    def level_weights(self, cams: list, active: np.ndarray, logp: torch.Tensor | None) -> torch.Tensor | None:
+    def level_weights(self, cams: list, active: np.ndarray, logp: torch.Tensor | None,
+                      single: np.ndarray | None = None) -> torch.Tensor | None:
         """B x (1 + S) weights over each frame's ``levels`` rows (None without severity): for a frame whose
         domain has severities, ``corruption_weight`` on the domain's own entry and the rest shared by its
-        severity entries as the camera's severity estimate says; all weight on the first row otherwise."""
+        severity entries as the camera's severity estimate says; all weight on the first row for the other
+        frames and for those marked in ``single`` (B,), which keep one row exactly."""
         if not self.severity:
             return None
         estimate = torch.from_numpy(self.votes.levels(cams, active, logp.double().cpu().numpy())).float()
         w = torch.cat([torch.full((len(active), 1), self.corruption_weight), (1 - self.corruption_weight) * estimate], 1)
         plain = ~self.detector.has_levels[torch.from_numpy(active)]
+        if single is not None:
+            plain |= torch.from_numpy(single)
         w[plain] = 0.0
         w[plain, 0] = 1.0
         self.last_levels = w

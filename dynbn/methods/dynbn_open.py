@@ -94,12 +94,10 @@ class DynBNOpen(DynBNPrior):
         cams = cameras_or_default(cameras, len(x))
         logits, distance, logp = self.detector.read(x, distance=True, severity=self.severity)
         active = self.votes.update(cams, logits.softmax(dim=1).double().cpu().numpy())
-        weights = self.level_weights(cams, active, logp)
         unknown = (distance > self.detector.ood_threshold).cpu().numpy()
+        weights = self.level_weights(cams, active, logp, single=unknown)  # unknown frames: their one row
         rows = np.where(unknown, self.unknown, active)
         self.last_index = torch.from_numpy(rows)
-        if weights is not None:  # unknown frames: all weight on their one row
-            weights[torch.from_numpy(unknown)] = torch.tensor([1.0] + [0.0] * (weights.shape[1] - 1))
         # groups are (camera, prior row): a camera's unknown frames, all on the extra row, form their own group
         exact = self.exact[torch.from_numpy(active)] & ~torch.from_numpy(unknown)
         return self.prior_forward(x, cams, rows, exact, weights)
