@@ -58,10 +58,12 @@ class Detector(nn.Module):
         self.register_buffer("feat_std", torch.ones(dim))
         # log-prior adjustment added to the logits; fitting.tune_clean_bias sets the clean entry
         self.register_buffer("logit_bias", torch.zeros(len(self.domains)))
-        # open set (dynbn.open_set.fit_open_set): class means and shared precision of the
-        # penultimate features, and the distance above which a frame is "unknown" (inf: not fitted)
+        # open set (dynbn.open_set.fit_open_set): per domain, the mean, precision and log-determinant
+        # of the covariance of the penultimate features, and the score above which a frame is
+        # "unknown" (inf: not fitted)
         self.register_buffer("ood_means", torch.zeros(len(self.domains), hidden[1]))
-        self.register_buffer("ood_precision", torch.zeros(hidden[1], hidden[1]))
+        self.register_buffer("ood_precision", torch.zeros(len(self.domains), hidden[1], hidden[1]))
+        self.register_buffer("ood_logdet", torch.zeros(len(self.domains)))
         self.register_buffer("ood_threshold", torch.tensor(float("inf")))
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
@@ -122,33 +124,37 @@ class Detector(nn.Module):
         return self.mlp[:-1](self.features(x))
 
     def logits_and_distance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Domain logits and the open-set distance per frame, from one pass over the spectrum.
+        """Domain logits and the open-set score per frame, from one pass over the spectrum.
 
-        The distance is the smallest Mahalanobis distance (squared, shared covariance) of the
-        frame's penultimate features to any domain's mean; above ``ood_threshold`` the frame
-        is unknown. ``inf`` threshold: the open set was never fitted.
+        The score is the smallest, over the domains, of the squared Mahalanobis distance of the
+        frame's penultimate features to the domain's mean under the domain's own covariance, plus
+        that covariance's log-determinant: -2 log of the domain's Gaussian density, up to a
+        constant. Above ``ood_threshold`` the frame is unknown. ``inf`` threshold: the open set
+        was never fitted.
         """
         logits, distance, _ = self.read(x, distance=True)
         return logits, distance
 
     def read(self, x: torch.Tensor, distance: bool = False, severity: bool = False):
-        """(logits, open-set distance or None, ``severity_logprobs`` or None) from one spectrum."""
+        """(logits, open-set score or None, ``severity_logprobs`` or None) from one spectrum."""
         flat = self.spectra(x)
         h = self.mlp[:-1]((flat - self.feat_mean) / self.feat_std)
         logits = self.mlp[-1](h) + self.logit_bias
         dist = None
         if distance:
-            hp = h @ self.ood_precision
-            dist = ((hp * h).sum(1, keepdim=True) - 2 * hp @ self.ood_means.T + self._mean_norms()).min(1).values
+            # (h - m_d)' P_d (h - m_d) = h' P_d h - 2 h' P_d m_d + m_d' P_d m_d, for every domain d at once
+            hp = torch.einsum("bi,dij->bdj", h, self.ood_precision)                    # B x D x H
+            quad = (hp * h[:, None, :]).sum(2) - 2 * (hp * self.ood_means).sum(2)       # B x D
+            dist = (quad + self._mean_norms() + self.ood_logdet).min(1).values
         return logits, dist, self.severity_logprobs(flat) if severity else None
 
     def _mean_norms(self) -> torch.Tensor:
-        """mean_d' P mean_d per domain: a constant of the fit, recomputed only when the buffers change
+        """m_d' P_d m_d per domain: a constant of the fit, recomputed only when the buffers change
         (at batch size 1 it would otherwise cost as much as the MLP for every frame)."""
         key = (self.ood_means._version, self.ood_precision._version, self.ood_means.data_ptr(),
                self.ood_precision.data_ptr())
         if getattr(self, "_norms_key", None) != key:
-            self._norms = ((self.ood_means @ self.ood_precision) * self.ood_means).sum(1)
+            self._norms = torch.einsum("di,dij,dj->d", self.ood_means, self.ood_precision, self.ood_means)
             self._norms_key = key
         return self._norms
 
@@ -199,6 +205,13 @@ class Detector(nn.Module):
             if "severities" in meta:  # a severity head: its own architecture, keys under "severity."
                 head = cls._from_meta({k[len("severity_"):]: v for k, v in meta.items() if k.startswith("severity_")})
                 det.attach_severity(head, tuple(json.loads(meta["severities"])))
+            for prefix, part in (("", det), ("severity.", det.severity)):
+                precision = state.get(prefix + "ood_precision")
+                if part is not None and precision is not None and precision.dim() == 2:
+                    # a file from before per-domain covariances: its one shared precision is every
+                    # domain's, with equal log-determinants, i.e. the score it was fitted with
+                    state[prefix + "ood_precision"] = precision.expand(len(part.domains), -1, -1).contiguous()
+                    state.setdefault(prefix + "ood_logdet", torch.zeros(len(part.domains)))
             missing, unexpected = det.load_state_dict(state, strict=False)
             # files from before the open set; a severity head's own open-set buffers are never fitted
             missing = [k for k in missing if not (k.startswith("ood_") or k.startswith("severity.ood_"))]

@@ -224,6 +224,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             log(f"N={period:<4} B={batch_size:<3} ({time.perf_counter() - t0:5.1f} s) "
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
     vote = arms.get("dynbn_vote")
+    prior = arms.get("dynbn_open") or arms.get("dynbn_prior")
     return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
             "streams": cfg.streams, "split": cfg.split,
             "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
@@ -232,6 +233,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "vote_rule": asdict(vote.rule) if vote is not None else None,
             "vote_severity": ({"used": vote.severity, "corruption_weight": vote.corruption_weight}
                               if vote is not None else None),
+            # the prior strength of dynbn_prior/dynbn_open: N0 + growth * n for a group of n frames
+            "dynbn_prior_rule": ({"prior": prior.prior, "growth": prior.growth} if prior is not None else None),
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
             "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
             "torch_threads": torch.get_num_threads(), "machine": machine(),

@@ -141,6 +141,9 @@ def cmd_stream_bench(args) -> int:
     if args.dynbn_prior is not None:
         for arm in ("dynbn_prior", "dynbn_open"):
             cfg.arm_kwargs.setdefault(arm, {})["prior"] = args.dynbn_prior
+    if args.dynbn_prior_growth is not None:
+        for arm in ("dynbn_prior", "dynbn_open"):
+            cfg.arm_kwargs.setdefault(arm, {})["growth"] = args.dynbn_prior_growth
     if args.open_unknown_prior is not None:
         cfg.arm_kwargs.setdefault("dynbn_open", {})["unknown_prior"] = args.open_unknown_prior
     for arm in ("dynbn_vote", "dynbn_prior", "dynbn_open"):
@@ -243,9 +246,12 @@ def register(subparsers) -> None:
     p.add_argument("--tune-vote", action="store_true", help="re-tune the vote and bn_ema on training streams first")
     p.add_argument("--prior", type=float, default=None, help="bn_prior's prior strength N (default: the authors' 16)")
     p.add_argument("--dynbn-prior", type=float, default=None,
-                   help="prior strength N of dynbn_prior and dynbn_open, table entry and unknown frames alike (default 16)")
+                   help="prior strength N0 of dynbn_prior and dynbn_open, table entry and unknown frames alike; "
+                        "a group of n frames gets N = N0 + g * n (default 6)")
+    p.add_argument("--dynbn-prior-growth", type=float, default=None,
+                   help="growth g of that prior strength per frame of the group (default 3; 0: bn_prior's N : n)")
     p.add_argument("--open-unknown-prior", type=float, default=None,
-                   help="prior strength N of dynbn_open's unknown frames only (default: the same as the known frames')")
+                   help="prior strength N0 of dynbn_open's unknown frames only (default: the same as the known frames')")
     p.add_argument("--no-severity", action="store_true",
                    help="dynbn_vote, dynbn_prior and dynbn_open use one table entry per corruption, not the severity estimate")
     p.add_argument("--corruption-weight", type=float, default=None,

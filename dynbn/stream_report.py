@@ -10,19 +10,32 @@ ACCEPT_B1_MARGIN = 0.20      # at B = 1, dynbn_vote >= bn_adapt + this
 ACCEPT_TIME_B64 = 1.10       # dynbn_vote's relative time at B = 64
 
 
-ARMS_NOTE = (
-    f"Arms: source (checkpoint statistics); bn_adapt (test-batch statistics); bn_prior (Schneider et al. 2020, "
-    f"prior strength N = {bn_prior.PRIOR_STRENGTH}); bn_ema (moving average per camera, momentum "
-    f"{bn_ema.MOMENTUM} per frame, tuned on training streams); tent (Wang et al. 2021: Adam lr {tent.LR}, one "
-    f"step per batch, continual); unmix_tns (Tomar et al. 2024: K = {unmix_tns.COMPONENTS}, authors' defaults); "
-    "dynbn_frame (detected domain per frame, its table entry); dynbn_vote (detector + per-camera vote, and with a "
-    "severity head the camera's severity estimate); dynbn_open (dynbn_prior "
-    "that calls frames beyond the open-set threshold unknown and normalises them with the checkpoint's statistics "
-    f"mixed N = {bn_prior.PRIOR_STRENGTH} : n with those of the camera's unknown frames in the batch); "
-    "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's statistics "
-    f"as the prior, N = {bn_prior.PRIOR_STRENGTH}, on the statistics of the frame's camera-and-segment group in "
-    "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain, its entry with severities "
-    "mixed).")
+def _prior_rule(r: dict) -> str:
+    """dynbn_prior/dynbn_open's prior strength as the run used it (runs before the growing prior: N = 16)."""
+    rule = r.get("dynbn_prior_rule")
+    if not rule:
+        return f"N = {bn_prior.PRIOR_STRENGTH}"
+    growth = f" + {rule['growth']:g} n" if rule["growth"] else ""
+    return f"N = {rule['prior']:g}{growth}"
+
+
+def arms_note(r: dict) -> str:
+    """The arms, in words, with the parameters this run used."""
+    n = _prior_rule(r)
+    return (
+        f"Arms: source (checkpoint statistics); bn_adapt (test-batch statistics); bn_prior (Schneider et al. 2020, "
+        f"prior strength N = {bn_prior.PRIOR_STRENGTH}); bn_ema (moving average per camera, momentum "
+        f"{bn_ema.MOMENTUM} per frame, tuned on training streams); tent (Wang et al. 2021: Adam lr {tent.LR}, one "
+        f"step per batch, continual); unmix_tns (Tomar et al. 2024: K = {unmix_tns.COMPONENTS}, authors' defaults); "
+        "dynbn_frame (detected domain per frame, its table entry); dynbn_vote (detector + per-camera vote, and with a "
+        "severity head the camera's severity estimate); dynbn_open (dynbn_prior "
+        "that calls frames beyond the open-set threshold unknown and normalises them with the checkpoint's statistics "
+        f"mixed {n} : n with those of the camera's unknown frames in the batch); "
+        "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's statistics "
+        f"as the prior, {n}, on the statistics of the frame's camera-and-segment group in "
+        "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain, its entry with severities "
+        "mixed).")
+
 
 OPEN_MARGIN = 0.03      # held-out corruptions: dynbn_open >= dynbn_vote + this
 OPEN_SEEN_LOSS = 0.01   # seen corruptions: dynbn_open >= dynbn_vote - this
@@ -178,7 +191,7 @@ def _intro(r: dict) -> list[str]:
             + _severity_note(r.get("vote_severity"))
             + f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
             + _machine(r.get("machine")) + ".",
-            "", STREAMS_NOTE[r.get("streams", "seen")], "", ARMS_NOTE, ""]
+            "", STREAMS_NOTE[r.get("streams", "seen")], "", arms_note(r), ""]
 
 
 def _domain_choice(r: dict) -> list[str]:
@@ -272,7 +285,7 @@ def stream_markdown(r: dict) -> str:
     if "dynbn_prior" in r["arms"]:
         lines += ["", "## The same checks for dynbn_prior (beyond the issues)", "",
                   "dynbn_prior mixes each frame's table entry with the statistics of its camera-and-segment group "
-                  f"in the batch (N = {bn_prior.PRIOR_STRENGTH} : n), so, unlike dynbn_vote, a frame's result depends "
+                  f"in the batch ({_prior_rule(r)} : n), so, unlike dynbn_vote, a frame's result depends "
                   "on its group-mates; these lines apply the checks above to it (a check that needs dynbn_open "
                   "applies to dynbn_prior in its place). They are not the issues' acceptance.", ""]
         lines += _checks(r, "dynbn_prior", "dynbn_prior")

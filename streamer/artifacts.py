@@ -39,8 +39,9 @@ def fit_config(scn: Scenario) -> FitConfig:
 def cache_key(model: str, cfg: FitConfig) -> str:
     """``{model}-{hash of the fit config}``: the cache sub-folder."""
     # v2: detectors carry the open-set statistics and the clean bias comes from the wider grid;
-    # v3: detectors carry a severity head and tables an entry per (corruption, severity)
-    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 3}, sort_keys=True, default=list)
+    # v3: detectors carry a severity head and tables an entry per (corruption, severity);
+    # v4: the open-set score has a covariance per domain
+    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 4}, sort_keys=True, default=list)
     return f"{model.replace(':', '_')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

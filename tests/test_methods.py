@@ -192,10 +192,10 @@ def test_dynbn_prior_spans_the_table_to_the_groups_own_statistics(resnet20, fram
     table, det, noisy = _setup(resnet20, frames)
     x, cams = torch.cat([frames[:6], noisy[:6]]), ["a"] * 6 + ["b"] * 6
     vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
-    far = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=1e12)
+    far = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=1e12, growth=0)
     assert torch.allclose(far(x, cams), vote(x, cams), atol=1e-3)  # N -> inf: the table alone
     assert torch.equal(far.last_index, vote.last_index)  # the same vote
-    zero = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0)
+    zero = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0, growth=0)
     out = zero(x, cams)
     for cam in ("a", "b"):  # N = 0, one group per camera and voted domain: that group's batch statistics
         rows = [i for i, c in enumerate(cams) if c == cam]
@@ -207,12 +207,33 @@ def test_dynbn_prior_spans_the_table_to_the_groups_own_statistics(resnet20, fram
             assert torch.allclose(out[sel], alone, atol=1e-3), (cam, int(d))
 
 
+def test_dynbn_prior_strength_grows_with_the_group(resnet20, frames):
+    """N = N0 + g * n: a group of n frames gets what bn_prior's N : n would give it with N = N0 + g * n."""
+    table, det, noisy = _setup(resnet20, frames)
+    x = noisy[:12]
+    grown = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=6, growth=3)
+    out = grown(x, [0] * 12)
+    for d in grown.last_index.unique():
+        rows = (grown.last_index == d).nonzero().flatten()
+        if det.domains[int(d)] == "clean" or len(rows) < 2:
+            continue
+        fixed = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=6 + 3 * len(rows), growth=0)
+        assert torch.allclose(fixed(x, [0] * 12)[rows], out[rows], atol=1e-5)
+        other = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=6, growth=0)
+        assert not torch.allclose(other(x, [0] * 12)[rows], out[rows], atol=1e-3)  # the growth matters
+        break
+    else:
+        pytest.fail("no corrupted group of two or more frames to compare")
+    with pytest.raises(ValueError, match="growth"):
+        build_method("dynbn_prior", resnet20, table=table, detector=det, growth=-1)
+
+
 def test_dynbn_prior_leaves_frames_voted_clean_on_the_clean_entry(resnet20, frames):
     table, det, noisy = _setup(resnet20, frames)
     clean = det.domains.index("clean")
     det.logit_bias[clean] = 100.0  # every frame is voted clean
     x = torch.cat([frames[:8], noisy[:8]])
-    prior = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0)  # test statistics only...
+    prior = build_method("dynbn_prior", resnet20, table=table, detector=det, prior=0, growth=0)  # test statistics only...
     vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
     assert torch.allclose(prior(x, [0] * 16), vote(x, [0] * 16), atol=1e-4)  # ...but not for the clean entry
     assert (prior.last_index == clean).all()

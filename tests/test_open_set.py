@@ -29,14 +29,20 @@ def parts(resnet20, frames):
     return resnet20, table, detector, noisy, train, labels, held, evidence
 
 
-def test_open_set_distance_is_the_smallest_mahalanobis_distance_and_the_threshold_a_held_out_quantile(parts):
+def test_open_set_score_is_the_smallest_gaussian_score_over_domains_and_the_threshold_a_held_out_quantile(parts):
     _, _, det, _, train, labels, held, evidence = parts
     with torch.no_grad():
-        h = det.penultimate(held).double()
-        means, prec = det.ood_means.double(), det.ood_precision.double()
-        brute = torch.stack([((h - m) @ prec * (h - m)).sum(1) for m in means], 1).min(1).values
+        h, t = det.penultimate(held).double(), det.penultimate(train).double()
+        # each domain's covariance, worked out again: its own shrunk towards the pooled one
+        means = torch.stack([t[labels == k].mean(0) for k in range(3)])
+        pooled = (t - means[labels]).T @ (t - means[labels]) / len(t)
+        covs = [0.9 * torch.cov((t[labels == k] - means[k]).T, correction=0) + 0.1 * pooled
+                + 1e-3 * torch.eye(t.shape[1], dtype=torch.float64) for k in range(3)]
+        brute = torch.stack([((h - m) @ torch.linalg.inv(c) * (h - m)).sum(1) + torch.logdet(c)
+                             for m, c in zip(means, covs)], 1).min(1).values
         _, dist = det.logits_and_distance(held)
-    assert torch.allclose(dist.double(), brute, rtol=1e-4, atol=1e-2)
+    assert evidence["shrink"] == 0.1
+    assert torch.allclose(dist.double(), brute, rtol=1e-3, atol=0.5)
     assert evidence["known_kept"] == pytest.approx(0.98, abs=1 / len(held) + 1e-9)
     assert float(det.ood_threshold) == pytest.approx(float(np.quantile(dist.numpy(), 0.98)), rel=1e-6)
     with torch.no_grad():  # frames unlike anything the detector was fitted on: a flat grey and a checkerboard
@@ -59,6 +65,17 @@ def test_open_set_survives_save_and_load_and_old_files_load_without_it(parts, tm
     save_file(state, str(tmp_path / "old.safetensors"), metadata={"domains": json.dumps(DOMAINS), "height": "32",
               "width": "32", "hidden": "[512, 256]", "eps": "0.001"})
     assert not Detector.load(tmp_path / "old.safetensors").has_open_set
+    # a file from before per-domain covariances (one shared precision) scores as it was fitted
+    state = {k: v for k, v in det.state_dict().items() if k != "ood_logdet"}
+    state["ood_precision"] = det.ood_precision[0].contiguous()
+    save_file(state, str(tmp_path / "shared.safetensors"), metadata=det._meta())
+    shared = Detector.load(tmp_path / "shared.safetensors")
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = shared.penultimate(x)
+        p = det.ood_precision[0]
+        expected = torch.stack([((h - m) @ p * (h - m)).sum(1) for m in det.ood_means], 1).min(1).values
+        assert torch.allclose(shared.logits_and_distance(x)[1], expected, rtol=1e-4, atol=1e-2)
 
 
 def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(parts, frames):
@@ -66,12 +83,12 @@ def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(
     x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
     det.ood_threshold.fill_(1e30)  # nothing is unknown
     assert torch.allclose(DynBNOpen(model, table, det)(x, cams), DynBNPrior(model, table, det)(x, cams), atol=1e-6)
-    det.ood_threshold.fill_(-1.0)  # everything is unknown: per camera, the checkpoint's statistics mixed N : n
+    det.ood_threshold.fill_(-1e30)  # everything is unknown: per camera, the checkpoint's statistics mixed N : n
     open_ = DynBNOpen(model, table, det)
     expected = torch.empty(len(x), 10)
     for cam in (0, 1):
         rows = [i for i, c in enumerate(cams) if c == cam]
-        expected[rows] = BNPrior(model)(x[rows])
+        expected[rows] = BNPrior(model, 6 + 3 * len(rows))(x[rows])  # N = N0 + g n, the defaults
     for _ in range(2):  # no state: the same batch twice gives the same result
         assert torch.allclose(open_(x, cams), expected, atol=1e-4)
     assert open_.last_domains == ["unknown"] * len(x)
@@ -83,15 +100,15 @@ def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(
 def test_dynbn_open_unknown_prior_sets_n_for_unknown_frames_only(parts, frames):
     model, table, det, noisy, *_ = parts
     x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
-    det.ood_threshold.fill_(-1.0)  # everything unknown: bn_prior's rule with the unknown frames' N
+    det.ood_threshold.fill_(-1e30)  # everything unknown: bn_prior's rule with the unknown frames' N
     expected = torch.empty(len(x), 10)
     for cam in (0, 1):
         rows = [i for i, c in enumerate(cams) if c == cam]
         expected[rows] = BNPrior(model, 2)(x[rows])
-    assert torch.allclose(DynBNOpen(model, table, det, unknown_prior=2)(x, cams), expected, atol=1e-4)
+    assert torch.allclose(DynBNOpen(model, table, det, unknown_prior=2, growth=0)(x, cams), expected, atol=1e-4)
     unknown = _half_unknown(det, x)
     known = np.flatnonzero(~unknown)
-    default, same = DynBNOpen(model, table, det)(x, cams), DynBNOpen(model, table, det, unknown_prior=16)(x, cams)
+    default, same = DynBNOpen(model, table, det)(x, cams), DynBNOpen(model, table, det, unknown_prior=6)(x, cams)
     assert torch.equal(default, same)  # the same N for both kinds of frames: the same arithmetic
     other = DynBNOpen(model, table, det, unknown_prior=2)(x, cams)
     assert torch.equal(other[known], default[known])  # known frames keep their N (groups never mix the two)
@@ -119,7 +136,8 @@ def test_dynbn_open_keeps_a_cameras_known_and_unknown_frames_in_separate_groups(
     known = np.flatnonzero(~unknown)
     alone = DynBNPrior(model, table, det, rule=argmax)(x[known], [7] * len(known))
     assert torch.allclose(together[known], alone, atol=1e-4)
-    assert torch.allclose(together[np.flatnonzero(unknown)], BNPrior(model)(x[np.flatnonzero(unknown)]), atol=1e-4)
+    rows = np.flatnonzero(unknown)
+    assert torch.allclose(together[rows], BNPrior(model, 6 + 3 * len(rows))(x[rows]), atol=1e-4)
 
 
 def test_dynbn_open_mixes_known_and_unknown_frames_in_one_batch_without_coupling_them(parts, frames):

@@ -1,23 +1,24 @@
 """dynbn_open: dynbn_prior with an "unknown" class for corruptions outside its table.
 
 The detector names one of its domains for every frame, also for a corruption it never saw.
-``dynbn_open`` also reads the detector's open-set distance (``dynbn.open_set``: Mahalanobis
-distance of the penultimate features, threshold set on held-out *training* frames of the
-known domains, 98 % of them kept). A frame above the threshold is *unknown* and does not use
-a table entry at all.
+``dynbn_open`` also reads the detector's open-set score (``dynbn.open_set``: how far the
+penultimate features lie from the nearest domain's Gaussian, threshold set on held-out
+*training* frames of the known domains, 98 % of them kept). A frame above the threshold is
+*unknown* and does not use a table entry at all.
 
 Known frames are normalised exactly as in ``dynbn_prior``: the voted table entry mixed
-N : n with the statistics of the frame's camera-and-segment group in the batch.
+N : n with the statistics of the frame's camera-and-segment group in the batch, N = 6 + 3 n.
 
 Unknown frames: ``bn_prior``'s rule (Schneider et al. 2020) on the camera's unknown frames.
 The checkpoint's own statistics are the prior, mixed N : n with the statistics of the
-batch's unknown frames from the same camera (their own group; N = 16, as everywhere). It
-needs no table and no state: a lone unknown frame (B = 1) moves the checkpoint's
-statistics by 1 / (N + 1), and 16 unknown frames of one camera weigh as much as those statistics.
+batch's unknown frames from the same camera (their own group), with the same N = 6 + 3 n as
+known frames. It needs no table and no state: a lone unknown frame (B = 1) moves the
+checkpoint's statistics by 1/10, and a camera's unknown frames never weigh more than 1/4.
 
 Why this fallback. Policies that need no table: ``bn_prior``/``bn_ema`` statistics for the
 camera, or the source statistics. ``dynbn stream-bench`` reports every arm's accuracy
-on the frames dynbn_open flags ("Accuracy on the frames dynbn_open calls unknown"). On the
+on the frames dynbn_open flags ("Accuracy on the frames dynbn_open calls unknown"). Measured
+when the score had one shared covariance and N was 16 for every group, on the
 held-out corruptions at B = 1 (quick run on the test split; in brackets, 1,024-frame streams of
 training images, ``--train-split``): this rule 54.8 % (56.9), the checkpoint's statistics
 53.8 % (55.6), the wrong table chosen by the vote 47.1 % (54.3), a per-camera moving average
@@ -45,8 +46,7 @@ from ..bn_table import BNTable
 from ..detector import Detector
 from ..vote import DEFAULT_RULE, VoteRule
 from .base import cameras_or_default
-from .bn_prior import PRIOR_STRENGTH
-from .dynbn_prior import DynBNPrior
+from .dynbn_prior import GROWTH, PRIOR, DynBNPrior
 from .norm_patch import source_stats
 
 UNKNOWN = "unknown"
@@ -58,14 +58,14 @@ class DynBNOpen(DynBNPrior):
     name = "dynbn_open"
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
-                 prior: float = PRIOR_STRENGTH, unknown_prior: float | None = None,
-                 severity: bool | None = None) -> None:
-        """``prior``: N for known frames' table entries; ``unknown_prior``: N for unknown frames' checkpoint
-        statistics (None: the same N)."""
+                 prior: float = PRIOR, unknown_prior: float | None = None,
+                 severity: bool | None = None, growth: float = GROWTH) -> None:
+        """``prior``: N0 for known frames' table entries; ``unknown_prior``: N0 for unknown frames' checkpoint
+        statistics (None: the same N0); ``growth``: g for both (the prior's strength is N0 + g * n)."""
         if not detector.has_open_set:
             raise ValueError("this detector has no open-set statistics (fitted before dynbn.open_set existed): "
                              "refit it with `dynbn fit` to use dynbn_open")
-        super().__init__(model, table, detector, rule, prior, severity)
+        super().__init__(model, table, detector, rule, prior, severity, growth)
         if unknown_prior is not None and unknown_prior < 0:
             raise ValueError(f"prior strength N of unknown frames must be >= 0, got {unknown_prior}")
         self.unknown_prior = self.prior if unknown_prior is None else float(unknown_prior)
