@@ -26,8 +26,9 @@ Why the prior grows with the group. bn_prior's N : n (g = 0) treats the group's 
 as the truth plus sampling noise, which shrinks as 1/n. They also differ from the frame's
 own in ways more frames do not fix: the vote lags a shift, so a group can straddle two
 segments, and a batch's few frames of one segment are a few images' content. If that
-mismatch has variance g times the table's own error, the weight that minimises the squared
-error is n / (N0 + (1 + g) n), i.e. N_g = N0 + g * n. N0 and g were chosen on streams of
+mismatch has variance g times the table's own error, and one frame's sampling variance is N0
+times that error, the weight on the group that minimises the squared error is
+n / (N0 + (1 + g) n), i.e. N_g = N0 + g * n (bn_prior's N : n is the case g = 0). N0 and g were chosen on streams of
 corrupted *training* images (512 frames per period, 1 camera, severity 5, the seed-0 quick
 fit, the open-set score of ``dynbn.open_set``), scoring dynbn_open's accuracy, mean over N,
 at B = 1, 16 and 64, on the 15 seen corruptions and on the 4 held-out ones (the test split
