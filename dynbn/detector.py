@@ -176,7 +176,8 @@ class Detector(nn.Module):
     def save(self, path: str | os.PathLike) -> None:
         """safetensors with domains and architecture in the metadata."""
         meta = self._meta()
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        # a severity head's open-set buffers are never fitted (its D x H x H precision would be zeros)
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("severity.ood_")}
         if self.severity is not None:
             meta.update({f"severity_{k}": v for k, v in self.severity._meta().items()},
                         severities=json.dumps(list(self.severities)))
@@ -205,15 +206,16 @@ class Detector(nn.Module):
             if "severities" in meta:  # a severity head: its own architecture, keys under "severity."
                 head = cls._from_meta({k[len("severity_"):]: v for k, v in meta.items() if k.startswith("severity_")})
                 det.attach_severity(head, tuple(json.loads(meta["severities"])))
-            for prefix, part in (("", det), ("severity.", det.severity)):
-                precision = state.get(prefix + "ood_precision")
-                if part is not None and precision is not None and precision.dim() == 2:
-                    # a file from before per-domain covariances: its one shared precision is every
-                    # domain's, with equal log-determinants, i.e. the score it was fitted with
-                    state[prefix + "ood_precision"] = precision.expand(len(part.domains), -1, -1).contiguous()
-                    state.setdefault(prefix + "ood_logdet", torch.zeros(len(part.domains)))
+            # a severity head's open-set buffers are never fitted: older files carry them, newer ones do not
+            state = {k: v for k, v in state.items() if not k.startswith("severity.ood_")}
+            precision = state.get("ood_precision")
+            if precision is not None and precision.dim() == 2:
+                # a file from before per-domain covariances: its one shared precision is every
+                # domain's, with equal log-determinants, i.e. the score it was fitted with
+                state["ood_precision"] = precision.expand(len(det.domains), -1, -1).contiguous()
+                state.setdefault("ood_logdet", torch.zeros(len(det.domains)))
             missing, unexpected = det.load_state_dict(state, strict=False)
-            # files from before the open set; a severity head's own open-set buffers are never fitted
+            # files from before the open set
             missing = [k for k in missing if not (k.startswith("ood_") or k.startswith("severity.ood_"))]
             if missing or unexpected:
                 raise KeyError(f"missing {missing}, unexpected {unexpected}")

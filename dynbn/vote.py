@@ -184,7 +184,6 @@ class Votes:
             out[i] = step(self.state(cam), self.rule, probs[i], self.clean)
         return out
 
-
     def levels(self, cameras: Sequence[Hashable], active: np.ndarray, logp: np.ndarray) -> np.ndarray:
         """Severity weights per frame (B x S) of the frames ``update`` just processed.
 
