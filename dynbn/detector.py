@@ -65,6 +65,9 @@ class Detector(nn.Module):
         self.register_buffer("ood_precision", torch.zeros(len(self.domains), hidden[1], hidden[1]))
         self.register_buffer("ood_logdet", torch.zeros(len(self.domains)))
         self.register_buffer("ood_threshold", torch.tensor(float("inf")))
+        # where the known frames' statistics start to lean towards the checkpoint's (dynbn_open's ramp,
+        # from this score up to ood_threshold); inf: no ramp (files from before it)
+        self.register_buffer("ood_low", torch.tensor(float("inf")))
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Dropout(dropout),

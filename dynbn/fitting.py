@@ -223,6 +223,7 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
             f"checkpoint {evidence['source_clean']:.3f}; corrupted {evidence['grid'][f'{bias:.2f}']['corrupted']:.3f})")
     open_set = fit_open_set(detector, to_tensor(frames), torch.from_numpy(labels), to_tensor(tuning[0]))
     timings["open_set_threshold"] = open_set["threshold"]
+    timings["open_set_ramp_low"] = open_set["ramp_low"]
     log(f"open set: unknown above distance {open_set['threshold']:.1f} "
         f"({open_set['known_kept']:.1%} of {open_set['held_out_frames']} held-out known frames kept)")
     timings["tune_s"] = time.perf_counter() - t0

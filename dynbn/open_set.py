@@ -10,7 +10,10 @@ pooled one (``SHRINK`` = 0.1 of it; Friedman 1989, "Regularized discriminant ana
 out-of-distribution samples"), one shared covariance. The threshold is a quantile of the
 scores of *held-out training* frames of the known domains (``split_train``'s tuning part),
 so a chosen share of known frames (``1 - quantile``, 2 % by default) is called unknown; no
-test frame and no unseen corruption is used to set it.
+test frame and no unseen corruption is used to set it. A lower quantile of the same scores
+(``RAMP``, 80 %) is where dynbn_open's ramp starts: from there up to the threshold a known
+frame's table entry leans more and more towards the checkpoint's statistics
+(``dynbn.methods.dynbn_open`` gives the rule and the measurements behind it).
 
 Why a covariance per domain. With one shared covariance the known domains that spread
 widest in feature space take the false alarms: on held-out training frames of the seed-0
@@ -52,6 +55,7 @@ import torch
 from .detector import Detector
 
 QUANTILE = 0.98  # share of known held-out frames the detector still accepts (2 % false alarms)
+RAMP = 0.80      # share of known held-out frames below the ramp: their table entry is used whole
 SHRINK = 0.1     # each domain's covariance: (1 - SHRINK) its own + SHRINK the pooled one
 RIDGE = 1e-3     # added to the covariance's diagonal (features are post-ReLU, some are always 0)
 
@@ -64,15 +68,19 @@ def _features(detector: Detector, x: torch.Tensor, chunk: int = 4096) -> torch.T
 
 @torch.no_grad()
 def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor, held_out: torch.Tensor,
-                 quantile: float = QUANTILE, shrink: float = SHRINK) -> dict:
+                 quantile: float = QUANTILE, shrink: float = SHRINK, ramp: float = RAMP) -> dict:
     """Fill the detector's open-set buffers; returns the evidence (threshold, known share kept).
 
     ``frames``/``labels``: the detector's training frames and domain indices; ``held_out``:
     frames of the known domains that took no part in training, for the threshold; ``shrink``:
-    weight of the pooled covariance in each domain's (1: one shared covariance, as in Lee et al.).
+    weight of the pooled covariance in each domain's (1: one shared covariance, as in Lee et al.);
+    ``ramp``: the quantile of the same held-out scores where dynbn_open's ramp starts (``ramp ==
+    quantile``: no ramp, the hard rule).
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    if not 0.0 <= ramp <= quantile:
+        raise ValueError(f"the ramp must start at a quantile in [0, quantile = {quantile}], got {ramp}")
     if not 0.0 <= shrink <= 1.0:
         raise ValueError(f"shrink must be in [0, 1], got {shrink}")
     h = _features(detector, frames).double()
@@ -94,7 +102,8 @@ def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor,
     detector.ood_logdet.copy_(torch.logdet(covs).float())
     detector.ood_threshold.fill_(float("inf"))
     _, dist = detector.logits_and_distance(held_out)
-    threshold = float(np.quantile(dist.numpy(), quantile))
+    threshold, low = (float(np.quantile(dist.numpy(), q)) for q in (quantile, ramp))
     detector.ood_threshold.fill_(threshold)
-    return {"quantile": quantile, "shrink": shrink, "threshold": threshold, "held_out_frames": len(held_out),
-            "known_kept": float((dist <= threshold).float().mean())}
+    detector.ood_low.fill_(low)
+    return {"quantile": quantile, "shrink": shrink, "threshold": threshold, "ramp": ramp, "ramp_low": low,
+            "held_out_frames": len(held_out), "known_kept": float((dist <= threshold).float().mean())}

@@ -225,6 +225,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
     vote = arms.get("dynbn_vote")
     prior = arms.get("dynbn_open") or arms.get("dynbn_prior")
+    opened = arms.get("dynbn_open")
     return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
             "streams": cfg.streams, "split": cfg.split,
             "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
@@ -235,6 +236,9 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
                               if vote is not None else None),
             # the prior strength of dynbn_prior/dynbn_open: N0 + growth * n for a group of n frames
             "dynbn_prior_rule": ({"prior": prior.prior, "growth": prior.growth} if prior is not None else None),
+            # dynbn_open's ramp: open-set scores from start to threshold lean towards the checkpoint's statistics
+            "dynbn_open_ramp": ({"start": opened.ramp[0], "threshold": opened.ramp[1]}
+                                if opened is not None and opened.ramp is not None else None),
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
             "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
             "torch_threads": torch.get_num_threads(), "machine": machine(),

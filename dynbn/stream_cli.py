@@ -146,6 +146,8 @@ def cmd_stream_bench(args) -> int:
             cfg.arm_kwargs.setdefault(arm, {})["growth"] = args.dynbn_prior_growth
     if args.open_unknown_prior is not None:
         cfg.arm_kwargs.setdefault("dynbn_open", {})["unknown_prior"] = args.open_unknown_prior
+    if args.no_ramp:
+        cfg.arm_kwargs.setdefault("dynbn_open", {})["ramp"] = False
     for arm in ("dynbn_vote", "dynbn_prior", "dynbn_open"):
         if args.no_severity:
             cfg.arm_kwargs.setdefault(arm, {})["severity"] = False
@@ -252,6 +254,9 @@ def register(subparsers) -> None:
                    help="growth g of that prior strength per frame of the group (default 3; 0: bn_prior's N : n)")
     p.add_argument("--open-unknown-prior", type=float, default=None,
                    help="prior strength N0 of dynbn_open's unknown frames only (default: the same as the known frames')")
+    p.add_argument("--no-ramp", action="store_true",
+                   help="dynbn_open's hard rule: a known frame's table entry whole up to the open-set threshold "
+                        "(default: leaning linearly towards the checkpoint's statistics from the ramp's start)")
     p.add_argument("--no-severity", action="store_true",
                    help="dynbn_vote, dynbn_prior and dynbn_open use one table entry per corruption, not the severity estimate")
     p.add_argument("--corruption-weight", type=float, default=None,

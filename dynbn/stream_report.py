@@ -19,6 +19,15 @@ def _prior_rule(r: dict) -> str:
     return f"N = {rule['prior']:g}{growth}"
 
 
+def _ramp_note(r: dict) -> str:
+    """dynbn_open's ramp as the run used it (nothing for runs from before it)."""
+    ramp = r.get("dynbn_open_ramp")
+    if ramp is None:
+        return ""
+    return (f"; a known frame whose open-set score lies between {ramp['start']:.1f} and the threshold "
+            f"{ramp['threshold']:.1f} leans linearly towards the checkpoint's statistics")
+
+
 def arms_note(r: dict) -> str:
     """The arms, in words, with the parameters this run used."""
     n = _prior_rule(r)
@@ -30,7 +39,7 @@ def arms_note(r: dict) -> str:
         "dynbn_frame (detected domain per frame, its table entry); dynbn_vote (detector + per-camera vote, and with a "
         "severity head the camera's severity estimate); dynbn_open (dynbn_prior "
         "that calls frames beyond the open-set threshold unknown and normalises them with the checkpoint's statistics "
-        f"mixed {n} : n with those of the camera's unknown frames in the batch); "
+        f"mixed {n} : n with those of the camera's unknown frames in the batch{_ramp_note(r)}); "
         "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's statistics "
         f"as the prior, {n}, on the statistics of the frame's camera-and-segment group in "
         "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain, its entry with severities "

@@ -40,8 +40,8 @@ def cache_key(model: str, cfg: FitConfig) -> str:
     """``{model}-{hash of the fit config}``: the cache sub-folder."""
     # v2: detectors carry the open-set statistics and the clean bias comes from the wider grid;
     # v3: detectors carry a severity head and tables an entry per (corruption, severity);
-    # v4: the open-set score has a covariance per domain
-    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 4}, sort_keys=True, default=list)
+    # v4: the open-set score has a covariance per domain; v5: detectors carry the start of dynbn_open's ramp
+    blob = json.dumps({"model": model, "fit": asdict(cfg), "v": 5}, sort_keys=True, default=list)
     return f"{model.replace(':', '_')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

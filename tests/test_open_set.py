@@ -82,6 +82,7 @@ def test_dynbn_open_is_dynbn_prior_on_known_frames_and_bn_prior_on_unknown_ones(
     model, table, det, noisy, *_ = parts
     x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
     det.ood_threshold.fill_(1e30)  # nothing is unknown
+    det.ood_low.fill_(1e30)        # and no frame on the ramp
     assert torch.allclose(DynBNOpen(model, table, det)(x, cams), DynBNPrior(model, table, det)(x, cams), atol=1e-6)
     det.ood_threshold.fill_(-1e30)  # everything is unknown: per camera, the checkpoint's statistics mixed N : n
     open_ = DynBNOpen(model, table, det)
@@ -122,6 +123,7 @@ def _half_unknown(det, x):
     with torch.no_grad():
         ordered = det.logits_and_distance(x)[1].sort().values
     det.ood_threshold.fill_(float(ordered[3] + ordered[4]) / 2)
+    det.ood_low.fill_(float("inf"))  # no ramp: known frames use their table entry whole
     unknown = (det.logits_and_distance(x)[1] > det.ood_threshold).numpy()
     assert 0 < unknown.sum() < len(x)
     return unknown
@@ -186,3 +188,44 @@ def test_stream_bench_cli_rejects_an_oracle_on_held_out_streams_and_both_flags(t
     assert code == 2 and "dynbn_oracle" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["stream-bench", "--held-out", "--mixtures", "--out", str(tmp_path / "o")])
+
+
+def test_the_ramp_starts_at_a_lower_quantile_of_the_same_held_out_scores(parts):
+    _, _, det, _, train, labels, held, evidence = parts
+    with torch.no_grad():
+        dist = det.logits_and_distance(held)[1].numpy()
+    assert evidence["ramp"] == 0.8
+    assert float(det.ood_low) == pytest.approx(float(np.quantile(dist, 0.8)), rel=1e-6) == evidence["ramp_low"]
+    assert float(det.ood_low) < float(det.ood_threshold)
+    with pytest.raises(ValueError, match="ramp"):
+        fit_open_set(det, train, labels, held, ramp=0.99)
+
+
+def test_dynbn_open_leans_known_frames_towards_the_checkpoint_statistics_on_the_ramp(parts, frames):
+    model, table, det, noisy, *_ = parts
+    x, cams = torch.cat([frames[100:104], noisy[104:108]]), [0, 1] * 4
+    open_ = DynBNOpen(model, table, det)
+    low, high = float(det.ood_low), float(det.ood_threshold)
+    lean = open_.lean(np.array([low - 1.0, low, (low + high) / 2, high, high + 1.0]))
+    assert lean.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])  # 0 below the ramp, then linear up to 1
+    assert DynBNOpen(model, table, det, ramp=False).lean(np.array([high])).tolist() == [0.0]
+    # a ramp from -1e30 to 1e30: every frame is known and leans half-way, so its prior is the mixture,
+    # half and half, of its table entry and the checkpoint's statistics: dynbn_prior on that mixed table
+    det.ood_low.fill_(-1e30)
+    det.ood_threshold.fill_(1e30)
+    source = {f"{name}.{s}": getattr(bn, s).clone() for name, bn in bn_table.bn_layers(model).items()
+              for s in ("running_mean", "running_var")}
+    mixed = {}
+    for domain, entry in table.stats.items():
+        mixed[domain] = {}
+        for key in entry:
+            if key.endswith("running_mean"):
+                m, ms = entry[key], source[key]
+                v, vs = entry[key[:-4] + "var"], source[key[:-4] + "var"]
+                mixed[domain][key] = 0.5 * (m + ms)
+                mixed[domain][key[:-4] + "var"] = 0.5 * (v + vs) + 0.25 * (m - ms) ** 2  # the mixture's variance
+    half = bn_table.BNTable(layers=table.layers, stats=mixed)
+    leaning = DynBNOpen(model, table, det)
+    assert torch.allclose(leaning(x, cams), DynBNPrior(model, half, det)(x, cams), atol=1e-4)
+    assert leaning.last_lean.tolist() == pytest.approx([0.5] * len(x))
+    assert not torch.allclose(leaning(x, cams), DynBNOpen(model, table, det, ramp=False)(x, cams), atol=1e-3)

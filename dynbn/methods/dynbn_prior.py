@@ -64,7 +64,7 @@ from ..bn_table import BNTable
 from ..detector import Detector
 from ..domains import CLEAN
 from ..vote import DEFAULT_RULE, VoteRule
-from .dynbn import DynBNVote
+from .dynbn import CORRUPTION_WEIGHT, DynBNVote
 from .norm_patch import normalise_per_sample, patched_bn
 
 
@@ -110,10 +110,11 @@ class DynBNPrior(DynBNVote):
     name = "dynbn_prior"
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
-                 prior: float = PRIOR, severity: bool | None = None, growth: float = GROWTH) -> None:
+                 prior: float = PRIOR, severity: bool | None = None, growth: float = GROWTH,
+                 corruption_weight: float = CORRUPTION_WEIGHT) -> None:
         """``prior``, ``growth``: the prior's strength is ``prior + growth * n`` for a group of n frames
-        (``growth=0``: bn_prior's N : n)."""
-        super().__init__(model, table, detector, rule, severity)
+        (``growth=0``: bn_prior's N : n); ``severity``, ``corruption_weight``: as dynbn_vote's."""
+        super().__init__(model, table, detector, rule, severity, corruption_weight)
         if prior < 0:
             raise ValueError(f"prior strength N must be >= 0, got {prior}")
         if growth < 0:
