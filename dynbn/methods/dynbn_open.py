@@ -113,9 +113,15 @@ class DynBNOpen(DynBNPrior):
         self.levels = torch.cat([self.levels, torch.full((1, self.levels.shape[1]), row)])
         # a last column on every domain's rows: the checkpoint's statistics, which frames on the ramp lean towards
         self.levels = torch.cat([self.levels, torch.full((len(self.levels), 1), row)], 1)
-        low, threshold = float(detector.ood_low), float(detector.ood_threshold)
-        self.ramp = (low, threshold) if ramp and low < threshold else None
+        self.use_ramp = bool(ramp)
         self.last_lean: np.ndarray | None = None  # per frame of the last batch, the weight on the checkpoint's statistics
+
+    @property
+    def ramp(self) -> tuple[float, float] | None:
+        """(start, end) of the ramp in open-set score, as the detector holds them now; None without one
+        (``ramp=False``, or a detector file from before the ramp)."""
+        low, threshold = float(self.detector.ood_low), float(self.detector.ood_threshold)
+        return (low, threshold) if self.use_ramp and low < threshold else None
 
     def prior_strength(self, rows: np.ndarray) -> torch.Tensor:
         return torch.where(torch.from_numpy(rows == self.unknown), self.unknown_prior, self.prior)
@@ -153,7 +159,8 @@ class DynBNOpen(DynBNPrior):
     def lean(self, distance: np.ndarray) -> np.ndarray:
         """Weight of the checkpoint's statistics in a known frame's prior, from its open-set score: 0 up to
         the ramp's start (``ood_low``), rising linearly to 1 at the threshold."""
-        if self.ramp is None:
+        ramp = self.ramp
+        if ramp is None:
             return np.zeros(len(distance))
-        low, threshold = self.ramp
+        low, threshold = ramp
         return np.clip((distance - low) / (threshold - low), 0.0, 1.0)
