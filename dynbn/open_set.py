@@ -107,3 +107,16 @@ def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor,
     detector.ood_low.fill_(low)
     return {"quantile": quantile, "shrink": shrink, "threshold": threshold, "ramp": ramp, "ramp_low": low,
             "held_out_frames": len(held_out), "known_kept": float((dist <= threshold).float().mean())}
+
+
+@torch.no_grad()
+def move_ramp(detector: Detector, held_out: torch.Tensor, ramp: float) -> float:
+    """Start dynbn_open's ramp at the ``ramp`` quantile of the scores of ``held_out`` (the known domains'
+    held-out training frames that set the threshold); returns the new start. For measuring other
+    starts on a fitted detector (``dynbn stream-bench --open-ramp``)."""
+    if not 0.0 <= ramp < 1.0:
+        raise ValueError(f"the ramp must start at a quantile in [0, 1), got {ramp}")
+    _, dist = detector.logits_and_distance(held_out)
+    low = float(np.quantile(dist.numpy(), ramp))
+    detector.ood_low.fill_(low)
+    return low

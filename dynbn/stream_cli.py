@@ -94,6 +94,23 @@ def artifacts(args, model, out: Path, log=print):
     return detector, table, {"fit": asdict(cfg), "fit_timings": timings, "saved_to": str(dest)}
 
 
+def _move_ramp(args, detector, log) -> dict:
+    """``--open-ramp Q``: restart dynbn_open's ramp at quantile Q of the held-out training frames' scores
+    (the frames the fit set the threshold on, drawn again with the same seed)."""
+    from .fitting import FitConfig, domain_samples, split_train
+    from .open_set import move_ramp
+    from .spectrum import to_tensor
+
+    cfg = quick_fit(args.seed) if args.quick else FitConfig(seed=args.seed)
+    held = split_train(data.load_cifar10("train", args.data_dir), cfg.seed)[1]
+    frames = domain_samples(held, detector.domains, cfg.tune_per_severity, "tune", cfg.seed,
+                            data.frost_dir(args.data_dir))[0]
+    low = move_ramp(detector, to_tensor(frames), args.open_ramp)
+    log(f"dynbn_open's ramp starts at score {low:.1f} (quantile {args.open_ramp}; threshold "
+        f"{float(detector.ood_threshold):.1f})")
+    return {"quantile": args.open_ramp, "start": low}
+
+
 def cmd_stream_bench(args) -> int:
     from .methods import REGISTRY
     from .models import build_model
@@ -131,6 +148,8 @@ def cmd_stream_bench(args) -> int:
         return 2
     model = build_model(args.model, args.data_dir)
     detector, table, info = artifacts(args, model, out, log)
+    if args.open_ramp is not None:
+        info["open_ramp"] = _move_ramp(args, detector, log)
     if args.tune_vote:
         tuning = _tune(args, model, table, detector, out, log)
         cfg.arm_kwargs = {"dynbn_vote": {"rule": _rule_from(tuning)}, "bn_ema": {"momentum": tuning["bn_ema_momentum"]}}
@@ -254,6 +273,9 @@ def register(subparsers) -> None:
                    help="growth g of that prior strength per frame of the group (default 3; 0: bn_prior's N : n)")
     p.add_argument("--open-unknown-prior", type=float, default=None,
                    help="prior strength N0 of dynbn_open's unknown frames only (default: the same as the known frames')")
+    p.add_argument("--open-ramp", type=float, default=None, metavar="Q",
+                   help="start dynbn_open's ramp at quantile Q of the held-out training frames' open-set scores "
+                        "(default: where the fit put it, 0.8)")
     p.add_argument("--no-ramp", action="store_true",
                    help="dynbn_open's hard rule: a known frame's table entry whole up to the open-set threshold "
                         "(default: leaning linearly towards the checkpoint's statistics from the ramp's start)")

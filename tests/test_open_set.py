@@ -9,7 +9,7 @@ from dynbn.detector import Detector, DetectorConfig, fit
 from dynbn.fitting import apply
 from dynbn.methods import BNPrior, DynBNFrame, DynBNOpen, DynBNPrior, DynBNSoft
 from dynbn.vote import VoteRule
-from dynbn.open_set import fit_open_set
+from dynbn.open_set import fit_open_set, move_ramp
 from dynbn.stream_bench import domain_right
 
 DOMAINS = ["clean", "dark", "noise"]
@@ -199,6 +199,13 @@ def test_the_ramp_starts_at_a_lower_quantile_of_the_same_held_out_scores(parts):
     assert float(det.ood_low) < float(det.ood_threshold)
     with pytest.raises(ValueError, match="ramp"):
         fit_open_set(det, train, labels, held, ramp=0.99)
+    # --open-ramp restarts it at another quantile of the same frames, the threshold untouched
+    threshold = float(det.ood_threshold)
+    assert move_ramp(det, held, 0.5) == pytest.approx(float(np.quantile(dist, 0.5)), rel=1e-6)
+    assert float(det.ood_low) == pytest.approx(float(np.quantile(dist, 0.5)), rel=1e-6)
+    assert float(det.ood_threshold) == threshold
+    with pytest.raises(ValueError, match="ramp"):
+        move_ramp(det, held, 1.0)
 
 
 def test_dynbn_open_leans_known_frames_towards_the_checkpoint_statistics_on_the_ramp(parts, frames):
