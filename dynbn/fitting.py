@@ -79,6 +79,13 @@ def domain_samples(split: Split, domains, per_severity: int, purpose: str, seed:
     return np.concatenate(frames), np.concatenate(domain_idx), np.concatenate(labels)
 
 
+def tuning_samples(held_out: Split, cfg: FitConfig, frost_dir, domains=None):
+    """The held-out frames that tune the clean bias and set the open-set threshold and ramp:
+    ``domain_samples`` of ``split_train``'s tuning part (``domains``: the fit's by default)."""
+    return domain_samples(held_out, cfg.domains if domains is None else domains, cfg.tune_per_severity, "tune",
+                          cfg.seed, frost_dir)
+
+
 def detector_set(train: Split, cfg: FitConfig, frost_dir) -> tuple[np.ndarray, np.ndarray]:
     """Corrupted training frames (uint8) and their domain indices, balanced over domains."""
     frames, domain_idx, _ = domain_samples(train, cfg.domains, cfg.detector_images, "detector", cfg.seed, frost_dir)
@@ -213,7 +220,7 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
         log(f"severity head and {len(SEVERITIES)} entries per corruption, K = {cfg.severity_images} "
             f"({timings['severity_s']:.0f} s)")
     t0 = time.perf_counter()
-    tuning = domain_samples(held_out, cfg.domains, cfg.tune_per_severity, "tune", cfg.seed, frost_dir)
+    tuning = tuning_samples(held_out, cfg, frost_dir)
     if CLEAN in cfg.domains:
         bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images], tuning, cfg)
         detector.logit_bias[cfg.domains.index(CLEAN)] = bias

@@ -102,9 +102,9 @@ def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor,
     detector.ood_logdet.copy_(torch.logdet(covs).float())
     detector.ood_threshold.fill_(float("inf"))
     _, dist = detector.logits_and_distance(held_out)
-    threshold, low = (float(np.quantile(dist.numpy(), q)) for q in (quantile, ramp))
+    threshold = float(np.quantile(dist.numpy(), quantile))
     detector.ood_threshold.fill_(threshold)
-    detector.ood_low.fill_(low)
+    low = move_ramp(detector, held_out, ramp)
     return {"quantile": quantile, "shrink": shrink, "threshold": threshold, "ramp": ramp, "ramp_low": low,
             "held_out_frames": len(held_out), "known_kept": float((dist <= threshold).float().mean())}
 

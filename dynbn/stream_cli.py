@@ -97,14 +97,13 @@ def artifacts(args, model, out: Path, log=print):
 def _move_ramp(args, detector, log) -> dict:
     """``--open-ramp Q``: restart dynbn_open's ramp at quantile Q of the held-out training frames' scores
     (the frames the fit set the threshold on, drawn again with the same seed)."""
-    from .fitting import FitConfig, domain_samples, split_train
+    from .fitting import FitConfig, split_train, tuning_samples
     from .open_set import move_ramp
     from .spectrum import to_tensor
 
     cfg = quick_fit(args.seed) if args.quick else FitConfig(seed=args.seed)
     held = split_train(data.load_cifar10("train", args.data_dir), cfg.seed)[1]
-    frames = domain_samples(held, detector.domains, cfg.tune_per_severity, "tune", cfg.seed,
-                            data.frost_dir(args.data_dir))[0]
+    frames = tuning_samples(held, cfg, data.frost_dir(args.data_dir), detector.domains)[0]
     low = move_ramp(detector, to_tensor(frames), args.open_ramp)
     log(f"dynbn_open's ramp starts at score {low:.1f} (quantile {args.open_ramp}; threshold "
         f"{float(detector.ood_threshold):.1f})")

@@ -84,7 +84,7 @@ from ..detector import Detector
 from ..vote import DEFAULT_RULE, VoteRule
 from .base import cameras_or_default
 from .dynbn import CORRUPTION_WEIGHT
-from .dynbn_prior import GROWTH, PRIOR, DynBNPrior
+from .dynbn_prior import GROWTH, PRIOR, DynBNPrior, own_row
 from .norm_patch import source_stats
 
 UNKNOWN = "unknown"
@@ -149,8 +149,7 @@ class DynBNOpen(DynBNPrior):
         unknown = distance > float(self.detector.ood_threshold)
         weights = self.level_weights(cams, active, logp, single=unknown)  # unknown frames: their one row
         if weights is None:  # no severity: all weight on each frame's own row
-            weights = torch.zeros(len(x), self.levels.shape[1] - 1)
-            weights[:, 0] = 1.0
+            weights = own_row(len(x), self.levels.shape[1] - 1)
         lean = self.lean(distance)
         lean[unknown] = 0.0   # (an unknown frame's own row is the checkpoint's statistics already)
         self.last_lean = lean

@@ -100,6 +100,13 @@ def group_moments(h: torch.Tensor, group: torch.Tensor, groups: int, frames: tor
     return mean, var, frames
 
 
+def own_row(frames: int, width: int) -> torch.Tensor:
+    """Weights over each frame's ``levels`` rows that put everything on the first, its own entry."""
+    weights = torch.zeros(frames, width)
+    weights[:, 0] = 1.0
+    return weights
+
+
 PRIOR = 6.0    # N0: the prior's strength for a lone frame, before it grows with the group
 GROWTH = 3.0   # g: the prior's strength grows by g per frame of the group (its weight never falls below g / (1 + g))
 
@@ -145,8 +152,7 @@ class DynBNPrior(DynBNVote):
         group, groups = groups_of(cams, rows)
         index, group = self.levels[torch.from_numpy(rows)].to(x.device), group.to(x.device)
         if weights is None:
-            weights = torch.zeros(index.shape, dtype=x.dtype)
-            weights[:, 0] = 1.0
+            weights = own_row(*index.shape)
         weights = weights.to(x.device, x.dtype)
         # the prior's weight per frame depends only on group sizes: the same in every layer
         frames = group_frames(group, groups, x.dtype)
