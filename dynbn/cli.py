@@ -64,7 +64,7 @@ def cmd_reproduce(args) -> int:
     (out / "reproduce.json").write_text(json.dumps(result, indent=1))
     (out / "reproduce.md").write_text(reproduce_markdown(result, command))
     a = result["arms"]
-    print(f"mean accuracy: " + ", ".join(f"{arm} {a[arm]['mean']:.3f}" for arm in a)
+    print("mean accuracy: " + ", ".join(f"{arm} {a[arm]['mean']:.3f}" for arm in a)
           + f"; detector {result['detector']['accuracy']:.3f}; {time.perf_counter() - start:.0f} s")
     print(f"wrote {out / 'reproduce.json'} and {out / 'reproduce.md'}")
     return 0

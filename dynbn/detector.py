@@ -228,8 +228,10 @@ class Detector(nn.Module):
 
 
 def fit(frames: torch.Tensor, labels: torch.Tensor, domains: list[str],
-        config: DetectorConfig = DetectorConfig(), log=None) -> Detector:
-    """Train a detector on frames ``N x 3 x H x W`` in [0, 1] with domain indices ``labels`` (N,)."""
+        config: DetectorConfig | None = None, log=None) -> Detector:
+    """Train a detector on frames ``N x 3 x H x W`` in [0, 1] with domain indices ``labels`` (N,)
+    (``config``: the recipe, ``DetectorConfig()`` by default)."""
+    config = DetectorConfig() if config is None else config
     torch.manual_seed(config.seed)
     det = Detector(domains, frames.shape[-2], frames.shape[-1], config.hidden, config.dropout)
     with torch.no_grad():

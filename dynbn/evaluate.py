@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import corruptions, data
+from . import data
 from .detector import DetectorConfig, config_dict
 from .domains import BENCHMARK, CLEAN
 from .fitting import FitConfig, apply, build, rng_for

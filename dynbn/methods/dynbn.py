@@ -16,7 +16,6 @@ import torch
 
 from ..bn_table import BNTable, bn_layers
 from ..detector import Detector
-from ..domains import CLEAN
 from ..per_sample import DomainSwitch
 from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
 from .base import Method, cameras_or_default
