@@ -104,7 +104,7 @@ def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor,
     _, dist = detector.logits_and_distance(held_out)
     threshold = float(np.quantile(dist.numpy(), quantile))
     detector.ood_threshold.fill_(threshold)
-    low = move_ramp(detector, held_out, ramp)
+    low = _start_ramp(detector, dist, ramp)
     return {"quantile": quantile, "shrink": shrink, "threshold": threshold, "ramp": ramp, "ramp_low": low,
             "held_out_frames": len(held_out), "known_kept": float((dist <= threshold).float().mean())}
 
@@ -114,9 +114,13 @@ def move_ramp(detector: Detector, held_out: torch.Tensor, ramp: float) -> float:
     """Start dynbn_open's ramp at the ``ramp`` quantile of the scores of ``held_out`` (the known domains'
     held-out training frames that set the threshold); returns the new start. For measuring other
     starts on a fitted detector (``dynbn stream-bench --open-ramp``)."""
+    return _start_ramp(detector, detector.logits_and_distance(held_out)[1], ramp)
+
+
+def _start_ramp(detector: Detector, scores: torch.Tensor, ramp: float) -> float:
+    """Set ``ood_low`` to the ``ramp`` quantile of the held-out open-set ``scores``; returns it."""
     if not 0.0 <= ramp < 1.0:
         raise ValueError(f"the ramp must start at a quantile in [0, 1), got {ramp}")
-    _, dist = detector.logits_and_distance(held_out)
-    low = float(np.quantile(dist.numpy(), ramp))
+    low = float(np.quantile(scores.numpy(), ramp))
     detector.ood_low.fill_(low)
     return low
