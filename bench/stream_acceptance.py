@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from redis_server import RedisServer  # noqa: E402
 
 from streamer.artifacts import load_or_fit  # noqa: E402
+from streamer.completion import wait_complete  # noqa: E402
 from streamer.keys import Keys  # noqa: E402
 from streamer.redis_transport import RedisTransport, connect  # noqa: E402
-from streamer.report import parse_results, summarize, table, write  # noqa: E402
 from streamer.scenario import load  # noqa: E402
-from streamer.services import wait_complete  # noqa: E402
+from streamer.summary import parse_results, summarize, table, write  # noqa: E402
 
 
 def spawn(module: str, env: dict, name: str, folder: Path) -> subprocess.Popen:

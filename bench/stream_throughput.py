@@ -60,11 +60,11 @@ from simulator.publisher import camera_frames  # noqa: E402
 from simulator.sources import CifarSource  # noqa: E402
 from streamer.arms import build_arms  # noqa: E402
 from streamer.artifacts import load_or_fit  # noqa: E402
+from streamer.completion import run_complete  # noqa: E402
 from streamer.keys import Keys  # noqa: E402
 from streamer.redis_transport import RedisTransport, connect  # noqa: E402
-from streamer.report import parse_results  # noqa: E402
 from streamer.scenario import load  # noqa: E402
-from streamer.services import run_complete  # noqa: E402
+from streamer.summary import parse_results  # noqa: E402
 from streamer.wire import FrameMessage  # noqa: E402
 
 
@@ -224,7 +224,7 @@ def main() -> int:
     scenario = folder / "bench.yaml"
     scenario.write_text(yaml.safe_dump(json.loads(scn.model_dump_json())))
     model, det, table = load_or_fit(scn)
-    arms = build_arms(scn.arms, model, table, det, scn.vote)
+    arms = build_arms(scn.arms, model, table, det, scn.arm_settings)
     frames = frames_of(scn, args.frames // scn.cameras)
     server = RedisServer(folder / "redis", fsync="everysec").start()  # Redis' production default
     out = {"arms": scn.arms, "batch": scn.batch.size, "frames": len(frames), "torch_default_threads": default_threads,

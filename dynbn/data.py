@@ -14,6 +14,7 @@ and frost overlays from their public URLs, every download checked against its sh
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.request
 import zipfile
@@ -24,6 +25,7 @@ import numpy as np
 
 ENV_VAR = "DYNBN_DATA"
 DEFAULT_DIR = Path("~/.cache/dynbn/data")
+_log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -123,7 +125,7 @@ def _download(url: str, dest: Path, expected: str) -> None:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    print(f"downloading {url}")
+    _log.info("downloading %s", url)
     urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs
     got = sha256(tmp)
     if got != expected:
@@ -143,7 +145,7 @@ def _fetch_cifar10(root: Path) -> None:
             continue
         ds = CIFAR10(str(cache), train=train, download=True)
         np.savez_compressed(out, images=np.asarray(ds.data, np.uint8), labels=np.asarray(ds.targets, np.int64))
-        print(f"wrote {out} ({len(ds.targets)} images)")
+        _log.info("wrote %s (%d images)", out, len(ds.targets))
 
 
 def fetch(root: str | os.PathLike | None = None) -> Path:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -199,7 +200,6 @@ class Detector(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Detector":
         """Load a saved detector; a wrong or damaged file raises ValueError naming it."""
-        from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as fh:

@@ -7,6 +7,7 @@ so each piece is reproducible on its own and independent of the order pieces are
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -14,17 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import corruptions
-from .bn_table import BNTable, calibrate, current_stats
+from .bn.per_sample import DomainSwitch
+from .bn.table import BNTable, calibrate, current_stats
 from .data import Split
 from .detector import Detector, DetectorConfig, fit
-from .domains import CLEAN, DEFAULT_DOMAINS, components
+from .domains import CLEAN, DEFAULT_DOMAINS
 from .open_set import fit_open_set
+from .sampling import SEVERITIES, apply, domain_samples, rng_for
+from .severity import fit_head, severity_tables
 from .spectrum import to_tensor
 
-SEVERITIES = (1, 2, 3, 4, 5)
-_PURPOSE = {"detector": 1, "table": 2, "test": 3, "tune": 4}
 BIAS_GRID_MAX = 16.0  # clean logit bias grid 0..16 step 0.25 (full-size detectors are confident; 8 was too small)
+_log = logging.getLogger(__name__)
 TUNE_IMAGES = 2000  # training images held out of detector/table fitting, for tuning decision rules
 
 
@@ -47,36 +49,12 @@ class FitConfig:
     clean_recall: float = 0.97      # share of held-out clean frames that must keep the checkpoint's statistics
     seed: int = 0
 
-
-def rng_for(seed: int, purpose: str, domain: str, severity: int) -> np.random.Generator:
-    """The generator for one (purpose, domain, severity) piece of work."""
-    index = (CLEAN,) + corruptions.ALL
-    return np.random.default_rng([seed, _PURPOSE[purpose], index.index(domain), severity])
-
-
-def apply(images: np.ndarray, domain: str, severity: int, rng: np.random.Generator, frost_dir) -> np.ndarray:
-    """Corrupt uint8 frames with one domain at one severity ('clean' returns them unchanged).
-
-    A composed domain ``"a+b"`` applies ``a`` then ``b``, each at ``severity``, from the same generator.
-    """
-    if domain == CLEAN:
-        return images
-    for part in components(domain):
-        images = corruptions.corrupt(images, part, severity, rng, frost_dir=frost_dir)
-    return images
-
-
-def domain_samples(split: Split, domains, per_severity: int, purpose: str, seed: int, frost_dir):
-    """``per_severity`` random frames per domain and severity: (uint8 frames, domain indices, class labels)."""
-    frames, domain_idx, labels = [], [], []
-    for d, domain in enumerate(domains):
-        for s in SEVERITIES:
-            rng = rng_for(seed, purpose, domain, s)
-            pick = rng.choice(len(split), per_severity, replace=False)
-            frames.append(apply(split.images[pick], domain, s, rng, frost_dir))
-            domain_idx.append(np.full(per_severity, d))
-            labels.append(split.labels[pick])
-    return np.concatenate(frames), np.concatenate(domain_idx), np.concatenate(labels)
+    @classmethod
+    def quick(cls, seed: int = 0) -> "FitConfig":
+        """The quick recipe (``--quick`` everywhere): 400 frames per domain and severity for the detector,
+        15 epochs; 256 frames per domain for the table. A fit in about a minute on one core."""
+        return cls(detector_images=400, table_images=256, seed=seed,
+                   detector=DetectorConfig(epochs=15, batch_size=512, lr=2e-3, seed=seed))
 
 
 def tuning_samples(held_out: Split, cfg: FitConfig, frost_dir, domains=None):
@@ -132,9 +110,8 @@ def add_severity(model: nn.Module, detector, tables: dict[int, BNTable], train: 
     whose severities are known from their order); each entry is calibrated on
     ``cfg.severity_images`` training frames of exactly that severity (``severity.severity_tables``).
     """
-    from .severity import fit_head, severity_tables
 
-    detector.attach_severity(fit_head(frames, labels, cfg, cfg.severity_hidden), SEVERITIES)
+    detector.attach_severity(fit_head(frames, labels, cfg.domains, cfg.detector_images, cfg.detector, cfg.severity_hidden), SEVERITIES)
     entries = severity_tables(model, train, cfg.severity_images, cfg.seed, frost_dir,
                               [d for d in cfg.domains if d != CLEAN])
     for table in tables.values():
@@ -166,7 +143,6 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
     two tables can win for a frame (clean or its best other domain), so two forwards per
     frame score every b.
     """
-    from .per_sample import DomainSwitch
 
     frames, domains, labels = tuning
     x, domains, labels = to_tensor(frames), torch.from_numpy(domains), torch.from_numpy(labels)
@@ -195,7 +171,7 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
     return float(best), {"chosen": float(best), "source_clean": target + cfg.clean_tolerance, "grid": evidence}
 
 
-def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[int] | None = None, log=print):
+def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[int] | None = None, log=_log.info):
     """Fit the detector, calibrate the tables, tune the clean bias and the open-set threshold.
 
     Returns (detector, {K: table}, timings).

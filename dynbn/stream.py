@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .domains import CLEAN
-from .fitting import apply
+from .sampling import apply
 from .schedule import Schedule, Segment, periodic, random_lengths
 from .spectrum import to_tensor
 

@@ -27,12 +27,12 @@ W=1, M=0, H=1, K=0 is per-frame argmax, i.e. ``dynbn_frame``. Decisions depend o
 own frames, in arrival order, never on batch boundaries or other cameras.
 
 ``DEFAULT_RULE`` holds the values tuned on streams of corrupted TRAINING images
-(``dynbn tune-vote``, module ``dynbn.stream_tune``); the test split is never used for it.
+(``dynbn tune-vote``, module ``dynbn.experiments.stream_tune``); the test split is never used for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,8 +57,20 @@ class VoteRule:
         if not 0.0 <= self.clean_discount <= 20.0:
             raise ValueError(f"clean_discount is in logits, 0 to 20, got {self.clean_discount}")
 
+    @classmethod
+    def parse(cls, value) -> "VoteRule":
+        """A rule from ``"W,M,H[,K]"`` (such as ``1,0.3,1,3``), a list of those numbers or a mapping of its fields."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**value)
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        if len(parts) not in (3, 4):
+            raise ValueError(f"a vote rule is WINDOW,MARGIN,HOLD[,CLEAN_DISCOUNT] such as 1,0.3,1,3; got {value!r}")
+        return cls(int(parts[0]), float(parts[1]), int(parts[2]), float(parts[3]) if len(parts) == 4 else 0.0)
 
-# Tuned by `dynbn tune-vote --quick --seed 0` (dynbn.stream_tune; output runs/vote_tuning/):
+
+# Tuned by `dynbn tune-vote --quick --seed 0` (dynbn.experiments.stream_tune; output runs/vote_tuning/):
 # grid search over window 1-8, margin 0-0.7, hold 1-3 and clean discount 0-4 on streams of
 # corrupted TRAINING images held out of fitting (severity 5; periods 1, 4, 16, 64, 256 weighted
 # equally), scoring a rule by the classifier's expected accuracy with the statistics it selects.

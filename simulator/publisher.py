@@ -18,16 +18,15 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import redis
 
 from dynbn import corruptions
 from dynbn.domains import CLEAN
+from streamer.redis_transport import TRANSIENT
 from streamer.scenario import Scenario
 from streamer.transport import Transport
 from streamer.wire import FrameMessage, Truth
 
 log = logging.getLogger("simulator")
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
 def camera_frames(scn: Scenario, source, camera: int, frost_dir=None) -> Iterator[tuple[np.ndarray, Truth]]:

@@ -1,4 +1,4 @@
-"""The simulator service: settings (``SIM_`` prefix; ``REDIS_URL``), frame source choice, main()."""
+"""The simulator service, ``python -m simulator``: settings (``SIM_`` prefix; ``REDIS_URL``) and main()."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import sys
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamer.keys import DEFAULT_PREFIX
-from streamer.scenario import Scenario, load, resolve
+from dynbn.data import frost_dir
+from streamer.keys import DEFAULT_PREFIX, Keys
+from streamer.redis_transport import RedisTransport, connect
+from streamer.scenario import load, resolve
 from streamer.settings import REDIS_URL
+
+from .publisher import Publisher
+from .sources import make_source
 
 
 class SimSettings(BaseSettings):
@@ -31,30 +36,8 @@ class SimSettings(BaseSettings):
     log_level: str = "INFO"
 
 
-def make_source(scn: Scenario, data_dir=None, artifacts=None, model=None):
-    """The scenario's frame source; a video source without a path gets a cached demo clip."""
-    from .sources import CifarSource, VideoSource, write_demo_video
-
-    if scn.source.kind == "cifar10":
-        return CifarSource(scn.source.split, scn.seed, data_dir)
-    from dynbn.models import build_model
-    from streamer.artifacts import artifacts_dir
-
-    path = scn.source.path
-    if path is None:
-        path = artifacts_dir(artifacts) / "demo-video.mp4"
-        if not path.is_file():
-            write_demo_video(path, root=data_dir)
-    return VideoSource(path, model or build_model(scn.model, data_dir), scn.cameras, size=32)
-
-
 def main() -> int:
-    from dynbn.data import frost_dir
-    from streamer.keys import Keys
-    from streamer.redis_transport import RedisTransport, connect
-
-    from .publisher import Publisher
-
+    """Publish the scenario's frames to Redis, then mark the run done and exit."""
     settings = SimSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scn = load(resolve(settings.scenario))

@@ -1,4 +1,4 @@
-"""Frame sources: clean uint8 frames per camera, with labels when they are known.
+"""Frame sources: clean uint8 frames per camera, with labels when they are known; ``make_source`` picks a scenario's.
 
 ``CifarSource``: the CIFAR-10 test split, each camera walking its own seeded permutation;
 labels are the dataset's. ``VideoSource``: a video file decoded with PyAV, frames resized
@@ -12,11 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import torch
 
 from dynbn import data
+from dynbn.models import build_model
 from dynbn.spectrum import to_tensor
+from streamer.artifacts import artifacts_dir
+from streamer.scenario import Scenario
 
 
 class CifarSource:
@@ -40,9 +45,6 @@ class CifarSource:
 
 def decode_video(path: str | os.PathLike, size: int = 32, max_frames: int = 100_000) -> np.ndarray:
     """All frames of a video as uint8 (N, size, size, 3) RGB (area-resized, aspect not kept)."""
-    import av
-    import cv2
-
     frames = []
     try:
         with av.open(str(path)) as container:
@@ -82,8 +84,6 @@ def write_demo_video(path: str | os.PathLike, frames: int = 240, size: int = 64,
     H.264 (libx264) when available, else MPEG-4 Part 2; used by the video scenario when no
     file is given, and by the tests (no binary video ships with the repository).
     """
-    import av
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tiles = data.load_cifar10("test", root).images[np.random.default_rng(seed).permutation(10000)[:64]]
@@ -102,3 +102,15 @@ def write_demo_video(path: str | os.PathLike, frames: int = 240, size: int = 64,
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def make_source(scn: Scenario, data_dir=None, artifacts=None, model=None):
+    """The scenario's frame source; a video source without a path gets a cached demo clip."""
+    if scn.source.kind == "cifar10":
+        return CifarSource(scn.source.split, scn.seed, data_dir)
+    path = scn.source.path
+    if path is None:
+        path = artifacts_dir(artifacts) / "demo-video.mp4"
+        if not path.is_file():
+            write_demo_video(path, root=data_dir)
+    return VideoSource(path, model or build_model(scn.model, data_dir), scn.cameras, size=32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from dynbn.schedule import Schedule, Segment
+from streamer.scenario import parse
 
 DOMAINS = ("clean", "gaussian_noise", "contrast")
 
@@ -63,8 +64,6 @@ FIT = {"domains": "scenario", "detector_images": 20, "table_images": 32, "epochs
 def scenarios(domains=DOMAINS, max_cameras: int = 4, max_frames: int = 48, arms=("source", "dynbn_vote"),
               fit: dict | None = None):
     """Small valid scenarios: 1..max_cameras cameras, 1..max_frames frames, any schedule kind."""
-    from streamer.scenario import parse
-
     def build(t):
         cameras, frames, schedule, batch, partitions, seed = t
         return parse({"name": "generated", "cameras": cameras, "frames_per_camera": frames, "schedule": schedule,

@@ -1,8 +1,9 @@
 """Arms by name: build the methods a scenario compares, each on its own copy of the model.
 
-Names and constructors come from ``dynbn.methods.registry``. Each arm gets its own deep
-copy of the model (and detector), so stateful arms never see each other's changes and
-arms run side by side on the same batch.
+Names and constructors come from ``dynbn.methods.registry``; an arm's plain settings (a
+scenario's ``arm_settings``) become its constructor's keywords through ``arm_kwargs``.
+Each arm gets its own deep copy of the model (and detector), so stateful arms never see
+each other's changes and arms run side by side on the same batch.
 
 Per-camera state that travels: dynbn_vote's vote state (``dynbn.vote.CameraVote``, a few
 hundred bytes, its severity evidence included) is exported here as JSON, and any arm may implement
@@ -21,7 +22,7 @@ import json
 import numpy as np
 import torch
 
-from dynbn.methods.registry import REGISTRY, build_method
+from dynbn.methods.registry import REGISTRY, arm_kwargs, build_method
 
 
 def available() -> list[str]:
@@ -29,27 +30,24 @@ def available() -> list[str]:
     return list(REGISTRY)
 
 
-def build_arms(names: list[str], model: torch.nn.Module, table, detector, vote: dict | None = None,
+def build_arms(names: list[str], model: torch.nn.Module, table, detector, settings: dict[str, dict] | None = None,
                device: str = "cpu") -> dict:
-    """name -> method, in the order given; ``vote`` holds the dynbn_vote rule (window, margin, hold, clean_discount)."""
+    """name -> method, in the order given; ``settings`` holds each arm's plain settings (a scenario's ``arm_settings``)."""
+    settings = settings or {}
     arms = {}
     for name in names:
         if name not in REGISTRY:
             raise ValueError(f"unknown arm {name!r}; available: {', '.join(available())}")
         own = copy.deepcopy(model).to(device).eval()
         det = copy.deepcopy(detector).to(device).eval() if detector is not None else None
-        kw = _vote_kwargs(vote) if name in ("dynbn_vote", "dynbn_open") else {}
-        arms[name] = build_method(name, own, table=table, detector=det, **kw)
+        arms[name] = build_method(name, own, table=table, detector=det, **arm_kwargs(name, settings.get(name, {})))
     return arms
 
 
-def _vote_kwargs(vote: dict | None) -> dict:
-    """Scenario ``vote: {window, margin, hold[, clean_discount]}`` -> ``rule=VoteRule(...)`` (empty: the tuned default)."""
-    if not vote:
-        return {}
-    from dynbn.vote import VoteRule
-
-    return {"rule": VoteRule(**vote)}
+def input_shape(model) -> tuple[int, int, int]:
+    """The frame shape the model takes (``Normalized.input_size``, 32 for CIFAR models)."""
+    size = getattr(model, "input_size", 32)
+    return (size, size, 3)
 
 
 def detected(arm) -> list[str] | None:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dynbn import data
-from dynbn.bn_table import BNTable
+from dynbn.bn.table import BNTable
 from dynbn.detector import Detector, DetectorConfig
 from dynbn.fitting import FitConfig, build
 from dynbn.models import build_model

@@ -23,6 +23,9 @@ from redis.retry import Retry
 from .keys import GROUP, Keys
 from .transport import Entry, Transport
 
+# what a lost or slow Redis connection raises: retried by the worker, the publisher and the waits
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
 _COMMIT = """
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return -1 end
 local c = cjson.decode(ARGV[3])

@@ -1,4 +1,4 @@
-"""A scenario: cameras, shift schedule, corruptions, frame source, rate, arms, batching, voting.
+"""A scenario: cameras, shift schedule, corruptions, frame source, rate, arms and their settings, batching.
 
 One pydantic model, shared by the simulator (what to publish), the worker (which arms,
 how to batch) and the report. ``load(path)`` reads YAML or JSON and raises
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynbn import schedule as sched
-from dynbn.domains import CLEAN
+from dynbn.corruptions import ALL
+from dynbn.domains import CLEAN, DEFAULT_DOMAINS
+from dynbn.methods.registry import arm_kwargs
+
+from .arms import available
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -91,7 +95,8 @@ class Scenario(_Strict):
     rate_fps: float = Field(0.0, ge=0)  # per camera; 0: as fast as the workers take them
     arms: list[str] = Field(default_factory=lambda: ["source", "dynbn_frame"], min_length=1)
     batch: BatchSpec = Field(default_factory=BatchSpec)
-    vote: dict[str, float | int | str | bool] = Field(default_factory=dict)  # keyword arguments of dynbn_vote
+    # arm -> its plain settings, as ``dynbn stream-bench --arms-config`` takes them; {}: every arm's defaults
+    arm_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     fit: FitSpec = Field(default_factory=FitSpec)
     partitions: int = Field(8, ge=1, le=1024)
     encoding: Literal["raw", "png", "jpeg"] = "raw"
@@ -100,8 +105,6 @@ class Scenario(_Strict):
     @field_validator("corruptions")
     @classmethod
     def _corruptions(cls, v: list[str]) -> list[str]:
-        from dynbn.corruptions import ALL
-
         bad = [c for c in v if c != CLEAN and c not in ALL]
         if bad:
             raise ValueError(f"unknown corruptions {bad}; valid: {CLEAN}, {', '.join(ALL)}")
@@ -117,11 +120,28 @@ class Scenario(_Strict):
     @field_validator("arms")
     @classmethod
     def _arms(cls, v: list[str]) -> list[str]:
-        from .arms import available
-
         bad = [a for a in v if a not in available()]
         if bad or len(set(v)) != len(v):
             raise ValueError(f"arms must be distinct names from {available()}, got {v}")
+        return v
+
+    @field_validator("arm_settings")
+    @classmethod
+    def _arm_settings(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        arms = info.data.get("arms")
+        if arms is None:
+            return v  # the arms themselves are invalid (reported there)
+        problems = []
+        for name, settings in v.items():
+            if name not in arms:
+                problems.append(f"arm {name!r} has settings but is not one of the scenario's arms {arms}")
+                continue
+            try:
+                arm_kwargs(name, settings)
+            except ValueError as exc:  # names the arm and the key
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     @model_validator(mode="after")
@@ -153,8 +173,6 @@ class Scenario(_Strict):
 
     def domains(self) -> list[str]:
         """The fitted domain set: clean plus this scenario's corruptions, or every benchmark domain."""
-        from dynbn.domains import DEFAULT_DOMAINS
-
         if self.fit.domains == "all":
             return list(DEFAULT_DOMAINS)
         return [CLEAN] + [c for c in self.corruptions if c != CLEAN]
@@ -182,18 +200,27 @@ def load(path: str | Path) -> Scenario:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ScenarioError(f"{path}: not valid YAML/JSON ({exc})") from None
-    return parse(raw or {}, str(path))
+    if raw is None:
+        raise ScenarioError(f"{path}: empty scenario file (see {SCENARIO_DIR / 'default.yaml'} for every key)")
+    return parse(raw, str(path))
 
 
 def parse(raw: dict, where: str = "scenario") -> Scenario:
     """Validate a dict as a Scenario; ScenarioError lists every bad field and its value."""
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    lines = []
+    if "vote" in raw:
+        lines.append(f"  vote: replaced by arm_settings; write arm_settings: {{dynbn_vote: {{rule: ...}}}} with rule "
+                     f"W,M,H[,K] or {{window, margin, hold, clean_discount}} (got vote: {raw['vote']!r:.80})")
+        raw = {k: v for k, v in raw.items() if k != "vote"}
     try:
-        return Scenario.model_validate(raw)
+        scn = Scenario.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r:.80})" for e in exc.errors()]
-        raise ScenarioError(f"{where}: {len(lines)} problem(s)\n" + "\n".join(lines)) from None
+        lines += [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r:.80})" for e in exc.errors()]
+    if lines:
+        raise ScenarioError(f"{where}: {len(lines)} problem(s)\n" + "\n".join(lines))
+    return scn
 
 
 def shipped() -> list[str]:

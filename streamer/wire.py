@@ -16,6 +16,7 @@ import re
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 VERSION = "1"
@@ -93,8 +94,6 @@ class FrameMessage(BaseModel):
         if encoding == "raw":
             payload = np.ascontiguousarray(frame).tobytes()
         else:
-            from PIL import Image
-
             buf = io.BytesIO()
             Image.fromarray(frame).save(buf, format=encoding.upper(), **({"quality": 95} if encoding == "jpeg" else {}))
             payload = buf.getvalue()
@@ -141,8 +140,6 @@ class FrameMessage(BaseModel):
             if len(self.payload) != want:
                 raise Malformed(f"raw payload has {len(self.payload)} bytes, shape {self.shape} {self.dtype} needs {want}")
             return np.frombuffer(self.payload, dtype=self.dtype).reshape(self.shape)
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(self.payload)) as img:
                 if img.format != self.encoding.upper() or img.size[0] * img.size[1] > MAX_SIDE * MAX_SIDE:

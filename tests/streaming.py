@@ -8,6 +8,10 @@ import pytest
 import torch
 import yaml
 
+from streamer.arms import build_arms
+from streamer.artifacts import load_or_fit
+from streamer.scenario import parse
+
 TINY = {
     "name": "tiny", "model": "resnet20", "cameras": 3, "frames_per_camera": 24,
     "schedule": {"kind": "periodic", "period": 8},
@@ -21,8 +25,6 @@ TINY = {
 
 def tiny(**override):
     """The tiny scenario as a validated Scenario (fit config shared by every test: one fit per session)."""
-    from streamer.scenario import parse
-
     return parse({**TINY, **override})
 
 
@@ -39,11 +41,8 @@ def artifacts_root(tmp_path_factory) -> Path:
 
 def arms_for(scn, root, data_dir):
     """Fitted (model, detector, table) and fresh arms for a scenario."""
-    from streamer.arms import build_arms
-    from streamer.artifacts import load_or_fit
-
     model, det, table = load_or_fit(scn, root, data_dir, log=lambda *_: None)
-    return build_arms(scn.arms, model, table, det, scn.vote)
+    return build_arms(scn.arms, model, table, det, scn.arm_settings)
 
 
 @pytest.fixture(autouse=True)

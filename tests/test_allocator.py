@@ -1,4 +1,4 @@
-"""dynbn.allocator: a CPU forward stops page-faulting its activations in again on every batch."""
+"""streamer.allocator: a CPU forward stops page-faulting its activations in again on every batch."""
 
 import platform
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 # page faults per batch after the first (warm-up) batch
 PROBE = """
 import resource, statistics, sys, torch
-from dynbn.allocator import keep_freed_memory
+from streamer.allocator import keep_freed_memory
 from dynbn.models import CifarResNet
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":

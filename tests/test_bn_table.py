@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dynbn import bn_table
-from dynbn.bn_table import BNTable, TableMismatch
+from dynbn.bn import table as bn_table
+from dynbn.bn.table import BNTable, TableMismatch
 from dynbn.models import torchvision_model
 
 

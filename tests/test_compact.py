@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynbn import bn_table
-from dynbn.compact import KINDS, bytes_per_domain, from_compact, reconstruction_error, to_compact
-from dynbn.per_sample import DomainSwitch
+from dynbn.bn import table as bn_table
+from dynbn.bn.compact import KINDS, bytes_per_domain, from_compact, reconstruction_error, to_compact
+from dynbn.bn.per_sample import DomainSwitch
 
 # six synthetic corruptions of real frames: each moves the BN statistics its own way
 SHIFTS = {

@@ -21,13 +21,13 @@ from streaming import arms_for, artifacts_root, one_torch_thread, tiny, write_sc
 from simulator.publisher import Publisher
 from simulator.sources import CifarSource
 from simulator.strategies import scenarios
+from streamer.completion import wait_complete
+from streamer.consumer import Worker
 from streamer.keys import Keys
 from streamer.redis_transport import RedisTransport, connect
-from streamer.report import parse_results
-from streamer.services import wait_complete
+from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
 from streamer.wire import FrameMessage
-from streamer.worker import Worker
 
 __all__ = ["one_torch_thread"]  # autouse fixture
 ROOT = Path(__file__).resolve().parent.parent

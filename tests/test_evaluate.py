@@ -6,9 +6,9 @@ import pytest
 
 from dynbn import cli
 from dynbn.detector import DetectorConfig
-from dynbn.evaluate import ARMS, ReproduceConfig, reproduce
+from dynbn.experiments.reproduce import ARMS, ReproduceConfig, reproduce
 from dynbn.fitting import FitConfig
-from dynbn.report import reproduce_markdown
+from dynbn.experiments.report import reproduce_markdown
 
 
 @pytest.fixture(scope="module")

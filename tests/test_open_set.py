@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dynbn import bn_table
+from dynbn.bn import table as bn_table
 from dynbn.detector import Detector, DetectorConfig, fit
-from dynbn.fitting import apply
+from dynbn.sampling import apply
 from dynbn.methods import BNPrior, DynBNFrame, DynBNOpen, DynBNPrior, DynBNSoft
 from dynbn.vote import VoteRule
 from dynbn.open_set import fit_open_set, move_ramp
-from dynbn.stream_bench import domain_right
+from dynbn.experiments.stream_bench import domain_right
 
 DOMAINS = ["clean", "dark", "noise"]
 
@@ -180,14 +180,14 @@ def test_domain_choice_is_right_for_seen_unseen_and_mixed_truths():
     assert domain_right(used, truth, known).tolist() == [True, False, True, False, True, True, False]
 
 
-def test_stream_bench_cli_rejects_an_oracle_on_held_out_streams_and_both_flags(tmp_path, data_dir, capsys):
+def test_stream_bench_cli_rejects_an_oracle_on_held_out_streams_and_unknown_streams(tmp_path, data_dir, capsys):
     from dynbn.cli import main
 
-    code = main(["stream-bench", "--held-out", "--arms", "source,dynbn_oracle", "--artifacts", str(tmp_path),
+    code = main(["stream-bench", "--streams", "held-out", "--arms", "source,dynbn_oracle", "--artifacts", str(tmp_path),
                  "--data-dir", str(data_dir), "--out", str(tmp_path / "o")])
     assert code == 2 and "dynbn_oracle" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["stream-bench", "--held-out", "--mixtures", "--out", str(tmp_path / "o")])
+        main(["stream-bench", "--streams", "both", "--out", str(tmp_path / "o")])
 
 
 def test_the_ramp_starts_at_a_lower_quantile_of_the_same_held_out_scores(parts):
@@ -199,7 +199,7 @@ def test_the_ramp_starts_at_a_lower_quantile_of_the_same_held_out_scores(parts):
     assert float(det.ood_low) < float(det.ood_threshold)
     with pytest.raises(ValueError, match="ramp"):
         fit_open_set(det, train, labels, held, ramp=0.99)
-    # --open-ramp restarts it at another quantile of the same frames, the threshold untouched
+    # move_ramp restarts it at another quantile of the same frames, the threshold untouched
     threshold = float(det.ood_threshold)
     assert move_ramp(det, held, 0.5) == pytest.approx(float(np.quantile(dist, 0.5)), rel=1e-6)
     assert float(det.ood_low) == pytest.approx(float(np.quantile(dist, 0.5)), rel=1e-6)

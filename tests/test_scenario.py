@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hypothesis import given, settings
+from streaming import artifacts_root, tiny, write_scenario
 
+from dynbn.cli import main
+from dynbn.schedule import explicit
+from simulator.embedded import run_scenario
+from simulator.sources import write_demo_video
 from simulator.strategies import schedule_specs
 from streamer.scenario import SCENARIO_DIR, ScenarioError, cut, load, parse, resolve, shipped
-from dynbn.schedule import explicit
 
 
 @pytest.mark.parametrize("name", ["default", "frequent-shifts", "many-cameras", "video", "acceptance"])
@@ -48,6 +53,38 @@ def test_json_and_bad_files(tmp_path):
         parse({"schedule": {"kind": "random", "min_len": 9, "max_len": 3}})
 
 
+def test_an_empty_file_is_an_error_not_the_defaults(tmp_path):
+    for text in ("", "# only a comment\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ScenarioError, match="empty scenario file"):
+            load(tmp_path / "empty.yaml")
+
+
+def test_arm_settings_are_validated_when_loaded():
+    arms = ["source", "dynbn_vote", "bn_prior"]
+    scn = parse({"arms": arms, "arm_settings": {"dynbn_vote": {"rule": "2,0.1,1"}, "bn_prior": {"prior": 2}}})
+    assert scn.arm_settings == {"dynbn_vote": {"rule": "2,0.1,1"}, "bn_prior": {"prior": 2}}
+    assert parse({"arms": arms, "arm_settings": {"dynbn_vote": {"rule": {"window": 3, "margin": 0.2, "hold": 2}}}})
+    bad = [({"dynbn_open": {}}, "'dynbn_open' has settings but is not one of the scenario's arms"),
+           ({"dynbn_vote": {"windw": 2}}, "arm 'dynbn_vote' has no setting 'windw'"),
+           ({"dynbn_vote": {"rule": "1,2"}}, "arm 'dynbn_vote', setting 'rule'"),
+           ({"bn_prior": {"prior": "strong"}}, "arm 'bn_prior', setting 'prior'"),
+           ({"bn_prior": 2}, "arm_settings.bn_prior")]
+    for given_settings, needle in bad:
+        with pytest.raises(ScenarioError) as err:
+            parse({"arms": arms, "arm_settings": given_settings})
+        assert needle in str(err.value), str(err.value)
+
+
+def test_the_old_vote_key_says_what_replaced_it(tmp_path):
+    (tmp_path / "old.yaml").write_text("arms: [dynbn_vote]\nvote: {window: 2, margin: 0.1, hold: 1}\ncameras: 0\n")
+    with pytest.raises(ScenarioError) as err:
+        load(tmp_path / "old.yaml")
+    text = str(err.value)
+    assert "2 problem(s)" in text and "cameras" in text
+    assert "vote: replaced by arm_settings; write arm_settings: {dynbn_vote: {rule: ...}}" in text
+
+
 def test_periodic_schedule_shifts_every_period_and_cameras_differ():
     scn = parse({"cameras": 3, "frames_per_camera": 64, "schedule": {"kind": "periodic", "period": 16},
                  "corruptions": ["clean", "fog", "contrast"]})
@@ -74,11 +111,6 @@ def test_generated_schedule_specs_cover_exactly_the_frames(spec):
 
 def test_embedded_run_writes_the_report_contract(tmp_path, tmp_path_factory, data_dir, capsys):
     """`dynbn scenario run FILE --out DIR` with no Redis: in-memory transport, report files, table printed."""
-    import torch
-    from streaming import artifacts_root, write_scenario
-
-    from dynbn.cli import main
-
     threads = torch.get_num_threads()
     path = write_scenario(tmp_path, frames_per_camera=16)
     out = tmp_path / "out"
@@ -100,12 +132,6 @@ def test_embedded_run_writes_the_report_contract(tmp_path, tmp_path_factory, dat
 
 
 def test_video_scenario_scores_agreement_with_clean_predictions(tmp_path, tmp_path_factory, data_dir):
-    import torch
-    from streaming import artifacts_root, tiny
-
-    from simulator.sources import write_demo_video
-    from streamer.runner import run_scenario
-
     video = write_demo_video(tmp_path / "clip.mp4", frames=30, root=data_dir)
     scn = tiny(cameras=2, frames_per_camera=12, source={"kind": "video", "path": str(video)})
     threads = torch.get_num_threads()

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dynbn import bn_table
+from dynbn.bn import table as bn_table
 from dynbn.data import Split
 from dynbn.domains import BENCHMARK, CLEAN, DEFAULT_DOMAINS
-from dynbn.fitting import SEVERITIES, apply, domain_samples
-from dynbn.per_sample import DomainSwitch
+from dynbn.sampling import SEVERITIES, apply, domain_samples
+from dynbn.bn.per_sample import DomainSwitch
 from dynbn.severity import interpolation_weights, sample_severities, severity_domains, severity_labels
 
 NAMES = severity_domains()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 import time
 
+import av
 import numpy as np
 import pytest
 import redis
 from hypothesis import given, settings
 from streaming import one_torch_thread, tiny
 
+from dynbn.spectrum import to_tensor
 from simulator.publisher import Ids, Publisher, camera_frames
 from simulator.sources import CifarSource, VideoSource, decode_video, write_demo_video
 from simulator.strategies import schedules
@@ -107,8 +109,6 @@ def test_ids_increase_even_when_the_clock_does_not():
 
 def test_video_source_labels_are_the_models_clean_predictions(tmp_path, data_dir, resnet20):
     path = write_demo_video(tmp_path / "clip.mp4", frames=40, root=data_dir)
-    import av
-
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.name in ("h264", "mpeg4")
     frames = decode_video(path)
@@ -116,8 +116,6 @@ def test_video_source_labels_are_the_models_clean_predictions(tmp_path, data_dir
     src = VideoSource(path, resnet20, cameras=2)
     imgs, labels = src.take(1, 0, 5)
     assert src.label_kind == "model" and np.array_equal(imgs, frames[20:25])
-    from dynbn.spectrum import to_tensor
-
     assert labels.tolist() == resnet20(to_tensor(imgs)).argmax(1).tolist()
     with pytest.raises(ValueError, match="cannot decode"):
         (tmp_path / "junk.mp4").write_bytes(b"not a video")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dynbn.stream as stream_mod
-from dynbn import bn_table
+from dynbn.bn import table as bn_table
 from dynbn.detector import Detector
 from dynbn.domains import DEFAULT_DOMAINS
 from dynbn.methods import REGISTRY, build_method
@@ -18,8 +18,8 @@ from dynbn.open_set import fit_open_set
 from dynbn.schedule import explicit
 from dynbn.spectrum import to_tensor
 from dynbn.stream import build_stream
-from dynbn.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
-from dynbn.stream_report import acceptance, catch_up
+from dynbn.experiments.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
+from dynbn.experiments.stream_report import acceptance, catch_up
 
 DOMAINS = ("clean", "dark", "noise")
 CONTRACT_ARMS = {"source", "bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns", "dynbn_frame", "dynbn_vote",
@@ -161,7 +161,7 @@ def test_acceptance_and_catch_up_read_the_rows():
 
 def _fake_artifacts(model, folder):
     """A table over every default domain (source statistics, variances scaled a little) and an untrained detector."""
-    from dynbn.bn_table import BNTable, current_stats, fingerprint
+    from dynbn.bn.table import BNTable, current_stats, fingerprint
 
     stats = current_stats(model)
     table = BNTable(fingerprint(model), {d: {k: v * (1 + 0.01 * i) if "var" in k else v.clone() for k, v in stats.items()}
@@ -179,7 +179,7 @@ def _fake_artifacts(model, folder):
 
 def test_tuning_scores_every_rule_on_training_streams(tmp_path, resnet20, train_split, data_dir):
     from dynbn.data import frost_dir
-    from dynbn.stream_tune import TuneConfig, tune
+    from dynbn.experiments.stream_tune import TuneConfig, tune
     from dynbn.vote import VoteRule
 
     table = _fake_artifacts(resnet20, tmp_path / "art")
@@ -225,7 +225,7 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
 
 
 def test_cli_sets_the_prior_strengths_of_the_prior_arms(tmp_path, resnet20, data_dir, monkeypatch):
-    import dynbn.stream_bench as bench
+    import dynbn.experiments.stream_bench as bench
     from dynbn.cli import main
 
     built = {}
@@ -241,7 +241,8 @@ def test_cli_sets_the_prior_strengths_of_the_prior_arms(tmp_path, resnet20, data
     _fake_artifacts(resnet20, art)
     out = tmp_path / "out"
     assert main(["stream-bench", "--periods", "4", "--batch-sizes", "2", "--frames", "8", "--arms",
-                 "source,bn_prior,dynbn_prior,dynbn_open", "--dynbn-prior", "4", "--open-unknown-prior", "2",
+                 "source,bn_prior,dynbn_prior,dynbn_open", "--arm", "dynbn_prior.prior=4", "--arm", "dynbn_open.prior=4",
+                 "--arm", "dynbn_open.unknown_prior=2",
                  "--artifacts", str(art),
                  "--data-dir", str(data_dir), "--out", str(out)]) == 0
     assert built["dynbn_prior"] == built["dynbn_open"] == 4 and built["bn_prior"] == 16 and built["unknown"] == 2
@@ -250,7 +251,7 @@ def test_cli_sets_the_prior_strengths_of_the_prior_arms(tmp_path, resnet20, data
 
 
 def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_path, resnet20, data_dir, monkeypatch):
-    import dynbn.stream_bench as bench
+    import dynbn.experiments.stream_bench as bench
     from dynbn import data
     from dynbn.cli import main
     from dynbn.fitting import split_train
@@ -265,7 +266,7 @@ def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_pat
     art, out = tmp_path / "art", tmp_path / "out"
     _fake_artifacts(resnet20, art)
     assert main(["stream-bench", "--periods", "4", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_open",
-                 "--train-split", "--held-out", "--artifacts", str(art), "--data-dir", str(data_dir),
+                 "--split", "train", "--streams", "held-out", "--artifacts", str(art), "--data-dir", str(data_dir),
                  "--out", str(out)]) == 0
     pool = split_train(data.load_cifar10("train", data_dir), 0)[1].subset(None, 0)
     assert len(seen) == 1 and np.array_equal(seen[0][0], pool.images) and seen[0][1] == "tune"
@@ -278,8 +279,8 @@ def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_pat
 
 def test_cli_detector_seed_refits_only_the_detector(tmp_path, resnet20, data_dir, monkeypatch, capsys):
     """--detector-seed changes the detector's seed and nothing else of the fit; it refuses --artifacts."""
-    import dynbn.fitting as fitting
-    from dynbn.bn_table import BNTable
+    import dynbn.cli.stream as stream_cli
+    from dynbn.bn.table import BNTable
     from dynbn.cli import main
 
     art = tmp_path / "art"
@@ -290,7 +291,7 @@ def test_cli_detector_seed_refits_only_the_detector(tmp_path, resnet20, data_dir
         fits.append((cfg.seed, cfg.detector.seed))
         return Detector.load(art / "detector.safetensors"), {cfg.table_images: table}, {}
 
-    monkeypatch.setattr(fitting, "build", recording_build)
+    monkeypatch.setattr(stream_cli, "build", recording_build)
     args = ["stream-bench", "--periods", "4", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_vote",
             "--seed", "3", "--data-dir", str(data_dir)]
     assert main(args + ["--detector-seed", "7", "--out", str(tmp_path / "a")]) == 0
@@ -310,23 +311,80 @@ def test_cli_detector_seed_refits_only_the_detector(tmp_path, resnet20, data_dir
     assert "--detector-seed" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
-def test_cli_can_retune_the_vote_before_the_run(tmp_path, resnet20, data_dir, monkeypatch):
+def test_cli_tune_vote_prints_the_arm_settings_that_a_run_then_takes(tmp_path, resnet20, data_dir, monkeypatch, capsys):
     import functools
 
-    import dynbn.stream_tune as stream_tune
+    import dynbn.cli.stream as stream_cli
+    import dynbn.experiments.stream_tune as stream_tune
     from dynbn.cli import main
 
     tiny = functools.partial(stream_tune.TuneConfig, periods=(2,), frames=16, cost_frames=2, windows=(1, 2),
                              margins=(0.0,), holds=(1,), momenta=(0.1,), priors=(16,), baseline_frames=4,
                              baseline_batch_sizes=(1,))
-    monkeypatch.setattr(stream_tune, "TuneConfig", tiny)
+    monkeypatch.setattr(stream_cli, "TuneConfig", tiny)
     art, out = tmp_path / "art", tmp_path / "out"
     _fake_artifacts(resnet20, art)
+    assert main(["tune-vote", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(tmp_path / "t")]) == 0
+    tuned = json.loads((tmp_path / "t" / "vote_tuning.json").read_text())
+    said = capsys.readouterr().out
+    settings = [w for line in said.splitlines() for w in line.split() if w.startswith(("dynbn_vote.rule=", "bn_ema.momentum="))]
+    assert len(settings) == 2
+    args = [a for s in settings for a in ("--arm", s)]
     assert main(["stream-bench", "--periods", "2", "--batch-sizes", "4", "--frames", "8", "--arms", "source,dynbn_vote,bn_ema",
-                 "--tune-vote", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)]) == 0
+                 *args, "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)]) == 0
     r = json.loads((out / "stream_bench.json").read_text())
-    tuned = json.loads((out / "vote_tuning.json").read_text())
     assert r["vote_rule"] == tuned["best_rule"] and r["arm_kwargs"]["bn_ema"]["momentum"] == "0.1"
+
+
+def test_cli_arms_config_file_and_arm_options_give_the_same_run(tmp_path, resnet20, data_dir):
+    from dynbn.cli import main
+
+    art = tmp_path / "art"
+    _fake_artifacts(resnet20, art)
+    common = ["stream-bench", "--periods", "4", "--batch-sizes", "2", "--frames", "8", "--arms", "source,bn_prior,dynbn_vote",
+              "--artifacts", str(art), "--data-dir", str(data_dir)]
+    config = tmp_path / "arms.yaml"
+    config.write_text("bn_prior: {prior: 2}\ndynbn_vote: {rule: {window: 1, margin: 0.2, hold: 1}, severity: false}\n")
+    assert main(common + ["--arms-config", str(config), "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--arm", "bn_prior.prior=2", "--arm", "dynbn_vote.rule=1,0.2,1", "--arm", "dynbn_vote.severity=false",
+                          "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "stream_bench.json").read_text()) for d in "ab")
+    assert a["arm_kwargs"] == b["arm_kwargs"] == {"bn_prior": {"prior": "2.0"}, "dynbn_vote": {
+        "rule": "VoteRule(window=1, margin=0.2, hold=1, clean_discount=0.0)", "severity": "False"}}
+    assert [row["accuracy"] for row in a["rows"]] == [row["accuracy"] for row in b["rows"]]
+    assert a["vote_rule"] == {"window": 1, "margin": 0.2, "hold": 1, "clean_discount": 0.0}
+    # an --arm wins over the file
+    assert main(common + ["--arms-config", str(config), "--arm", "bn_prior.prior=8", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "stream_bench.json").read_text())["arm_kwargs"]["bn_prior"] == {"prior": "8.0"}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("bn_prior.strength=2", "arm 'bn_prior' has no setting 'strength'; its settings: prior"),
+    ("bn_prior.prior=many", "arm 'bn_prior', setting 'prior': expected a number"),
+    ("dynbn_vote.rule=1,0.2", "WINDOW,MARGIN,HOLD"),
+    ("tent.lr=0.1", "settings given for arms ['tent'] that this run does not include"),
+])
+def test_cli_refuses_a_bad_arm_setting_naming_the_arm_and_the_key(tmp_path, data_dir, capsys, setting, message):
+    from dynbn.cli import main
+
+    code = main(["stream-bench", "--arms", "source,bn_prior,dynbn_vote", "--arm", setting, "--data-dir", str(data_dir),
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_cli_arm_option_needs_a_name_a_key_and_a_value(tmp_path):
+    from dynbn.cli import main
+
+    for bad in ("bn_prior=2", "bn_prior.prior", ".prior=2"):
+        with pytest.raises(SystemExit):
+            main(["stream-bench", "--arm", bad, "--out", str(tmp_path / "o")])
+
+
+def test_stream_bench_help_lists_at_most_twenty_options():
+    from dynbn.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["stream-bench"]
+    assert len(sub._actions) <= 20, [a.option_strings for a in sub._actions]
 
 
 def test_committed_reports_are_their_json_rendered():
@@ -334,7 +392,7 @@ def test_committed_reports_are_their_json_rendered():
     report written by older report code)."""
     from pathlib import Path
 
-    from dynbn.stream_report import stream_markdown
+    from dynbn.experiments.stream_report import stream_markdown
 
     reports = sorted((Path(__file__).parent.parent / "docs").glob("stream_bench_*/**/stream_bench.json"))
     assert len(reports) >= 17  # the detector-seed runs sit one folder deeper

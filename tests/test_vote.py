@@ -169,16 +169,14 @@ def test_wrong_probability_shape_is_refused():
         Votes(DEFAULT_RULE, D).update([0, 1], np.ones((3, D)) / D)
 
 
-def test_the_command_line_rule_takes_an_optional_clean_discount():
-    import argparse
-
-    from dynbn.stream_cli import _rule
-
-    assert _rule("1,0.3,1,3") == VoteRule(1, 0.3, 1, 3.0)
-    assert _rule("2,0.1,2") == VoteRule(2, 0.1, 2, 0.0)
-    for bad in ("1,0.2", "1,0.2,1,3,4", "1,0.2,1,-1"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            _rule(bad)
+def test_a_rule_parses_from_text_a_list_or_a_mapping_with_an_optional_clean_discount():
+    assert VoteRule.parse("1,0.3,1,3") == VoteRule(1, 0.3, 1, 3.0)
+    assert VoteRule.parse("2,0.1,2") == VoteRule(2, 0.1, 2, 0.0)
+    assert VoteRule.parse([2, 0.1, 2]) == VoteRule(2, 0.1, 2, 0.0)
+    assert VoteRule.parse({"window": 3, "hold": 2}) == VoteRule(3, 0.0, 2, 0.0)
+    for bad in ("1,0.2", "1,0.2,1,3,4", "1,0.2,1,-1", "a,b,c"):
+        with pytest.raises(ValueError):
+            VoteRule.parse(bad)
 
 
 def test_severity_evidence_is_summed_per_camera_over_its_current_segment():

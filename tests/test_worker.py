@@ -9,13 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from streaming import one_torch_thread, arms_for, artifacts_root, tiny
 
+from dynbn.vote import DEFAULT_RULE, VoteRule
 from simulator.publisher import Publisher
 from simulator.sources import CifarSource
 from simulator.strategies import scenarios
-from streamer.report import parse_results
+from streamer.consumer import Worker
+from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
 from streamer.wire import FrameMessage
-from streamer.worker import Worker
 
 __all__ = ["one_torch_thread"]  # autouse fixture
 
@@ -48,6 +49,16 @@ def test_every_frame_gets_one_result_with_every_arm(env):
     assert sorted((r.camera, r.seq) for r in results) == sorted((c, s) for c in scn.camera_ids for s in range(24))
     assert all(set(r.preds) == {"source", "dynbn_vote"} and "dynbn_vote" in r.detected for r in results)
     assert t.backlog() == (0, 0) and w.counters["results"] == 72 and w.counters["dead"] == 0
+
+
+def test_arms_are_built_with_the_scenarios_arm_settings(env):
+    scn = tiny(arms=["source", "dynbn_vote", "bn_prior"],
+               arm_settings={"dynbn_vote": {"rule": "2,0.1,1"}, "bn_prior": {"prior": 2}})
+    arms = arms_for(scn, env["root"], env["data_dir"])
+    assert list(arms) == ["source", "dynbn_vote", "bn_prior"]
+    assert arms["dynbn_vote"].votes.rule == VoteRule(window=2, margin=0.1, hold=1)
+    assert arms["bn_prior"].prior == 2
+    assert arms_for(tiny(), env["root"], env["data_dir"])["dynbn_vote"].votes.rule == DEFAULT_RULE
 
 
 def test_malformed_and_poison_entries_are_dead_lettered(env):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..bn_table import bn_layers
+from ..bn.table import bn_layers
 
 
 class Method:

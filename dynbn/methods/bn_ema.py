@@ -13,7 +13,7 @@ camera (one forward per camera in it, in order of first appearance).
 Hyper-parameter: the momentum is given **per frame**, ``m``; a camera's n frames in a batch
 update with ``1 - (1 - m) ** n``, so the forgetting rate in frames is the same at every
 batch size. ``MOMENTUM`` was tuned on streams of corrupted training images (see
-``dynbn.stream_tune``). Batch variances are biased (the EMA averages per-batch moments).
+``dynbn.experiments.stream_tune``). Batch variances are biased (the EMA averages per-batch moments).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Hashable
 
 import torch
 
-from ..bn_table import bn_layers
+from ..bn.per_sample import batch_moments, normalise, patched_bn, source_stats
+from ..bn.table import bn_layers
 from .base import Method, cameras_or_default
-from .norm_patch import batch_moments, normalise, patched_bn, source_stats
 
 # per-frame momentum (time constant ~1/m frames): best of 0.01 / 0.03 / 0.1 / 0.3 on the training
 # streams of `dynbn tune-vote --quick --seed 0` (mean accuracy at B = 1 and 16: 0.52 / 0.54 / 0.51 / 0.48)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..bn_table import bn_layers
+from ..bn.per_sample import batch_moments, normalise, patched_bn, source_stats
+from ..bn.table import bn_layers
 from .base import Method
-from .norm_patch import batch_moments, normalise, patched_bn, source_stats
 
 PRIOR_STRENGTH = 16
 

@@ -14,12 +14,11 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..bn_table import BNTable, bn_layers
+from ..bn.per_sample import DomainSwitch, FlatBN, affine, apply_rows, flat_bn, patched_bn, rows_forward, spans
+from ..bn.table import BNTable, bn_layers
 from ..detector import Detector
-from ..per_sample import DomainSwitch
 from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
 from .base import Method, cameras_or_default
-from .norm_patch import affine, apply_rows, patched_bn, rows_forward
 
 
 class DynBNOracle(Method):
@@ -93,7 +92,7 @@ class DynBNVote(Method):
     uses the one entry per corruption even then (the paper's table); ``None`` (default) uses
     severity whenever both parts are there, ``True`` insists on them.
 
-    The per-sample BN here is ``norm_patch.rows_forward``: the arithmetic of
+    The per-sample BN here is ``per_sample.rows_forward``: the arithmetic of
     ``DomainSwitch``, with each domain's ``x * scale + shift`` precomputed from the table
     and applied in one ``addcmul`` pass, so a mixed batch costs what plain BN costs (the
     vote's budget is 10 % over ``source`` at B = 64). The maps are computed from the
@@ -194,13 +193,11 @@ class DynBNVote(Method):
         if weights is None:
             return self.table_forward(x, torch.from_numpy(active))
         mean, var = self._mixed(self.levels[torch.from_numpy(active)].to(x.device), weights.to(x.device, x.dtype))
-        weight, bias, eps = self._flat_affine
-        scale = torch.rsqrt(var + eps) * weight  # B x (all channels): BN's affine map, every layer at once
-        shift = bias - mean * scale
-        spans = self._spans
+        scale, shift = affine(self._flat_bn, mean, var)  # B x (all channels): every layer's map at once
+        slices = self._spans
 
         def make(name, bn):
-            a, b = spans[name]
+            a, b = slices[name]
             return lambda h: apply_rows(h, scale[:, a:b], shift[:, a:b])
 
         with patched_bn(self.layers, make):
@@ -226,8 +223,7 @@ class DynBNVote(Method):
     @cached_property
     def _spans(self) -> dict[str, tuple[int, int]]:
         """Each layer's slice of the side-by-side channels."""
-        ends = np.cumsum([0] + [bn.num_features for bn in self.layers.values()])
-        return {name: (int(a), int(b)) for name, a, b in zip(self.layers, ends[:-1], ends[1:])}
+        return spans(self.layers)
 
     @cached_property
     def _flat_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -237,14 +233,9 @@ class DynBNVote(Method):
         return mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean
 
     @cached_property
-    def _flat_affine(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every layer's BN weight, bias and eps side by side (sum C each; weight 1 and bias 0 where absent)."""
-        def part(bn, attr, fill):
-            p = getattr(bn, attr)
-            return p.detach() if p is not None else torch.full((bn.num_features,), fill)
-        layers = self.layers.values()
-        return (torch.cat([part(bn, "weight", 1.0) for bn in layers]), torch.cat([part(bn, "bias", 0.0) for bn in layers]),
-                torch.cat([torch.full((bn.num_features,), float(bn.eps)) for bn in layers]))
+    def _flat_bn(self) -> FlatBN:
+        """Every layer's BN weight, bias and eps side by side, for ``affine`` of all layers at once."""
+        return flat_bn(self.layers)
 
     def table_forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by table row ``index[b]`` (into ``detector.domains``)."""

@@ -79,13 +79,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bn_table import BNTable
+from ..bn.per_sample import source_stats
+from ..bn.table import BNTable
 from ..detector import Detector
 from ..vote import DEFAULT_RULE, VoteRule
 from .base import cameras_or_default
 from .dynbn import CORRUPTION_WEIGHT
 from .dynbn_prior import GROWTH, PRIOR, DynBNPrior, own_row
-from .norm_patch import source_stats
 
 UNKNOWN = "unknown"
 

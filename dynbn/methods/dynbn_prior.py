@@ -60,12 +60,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bn_table import BNTable
+from ..bn.per_sample import normalise_per_sample, patched_bn
+from ..bn.table import BNTable
 from ..detector import Detector
 from ..domains import CLEAN
 from ..vote import DEFAULT_RULE, VoteRule
 from .dynbn import CORRUPTION_WEIGHT, DynBNVote
-from .norm_patch import normalise_per_sample, patched_bn
 
 
 def groups_of(cameras: list, active: np.ndarray) -> tuple[torch.Tensor, int]:

@@ -5,7 +5,7 @@ that carries two corruptions at once (noise after fog, JPEG after blur), or that
 between two domains, matches no single entry. ``dynbn_soft`` normalises frame b with the
 mixture of the entries weighted by the detector's probabilities p_b: the moments of the
 mixture distribution, mean = sum_d p_bd mean_d and variance = sum_d p_bd (var_d + mean_d^2)
-- mean^2 (``DomainBatchNorm2d``). One detector pass and one forward per batch, per-sample
+- mean^2 (``per_sample.mixture_moments``). One detector pass and one forward per batch, per-sample
 statistics (no dependence on batch-mates). ``last_index`` reports the most probable domain.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..bn_table import BNTable
+from ..bn.per_sample import DomainSwitch
+from ..bn.table import BNTable
 from ..detector import Detector
-from ..per_sample import DomainSwitch
 from .base import Method
 
 

@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from ..bn_table import bn_layers
+from ..bn.table import bn_layers
 from .base import Method
 
 LR = 1e-3
@@ -62,10 +62,6 @@ class Tent(Method):
         if steps < 1:
             raise ValueError(f"tent needs at least one step per batch, got steps={steps}")
         self.model = copy.deepcopy(model)
-        # the copy may carry per-sample BN selections of the shared model (dynbn arms): clear them
-        for bn in bn_layers(self.model).values():
-            if hasattr(bn, "select"):
-                bn.select(None, None)
         params = configure(self.model)
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.steps = steps

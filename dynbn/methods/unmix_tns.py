@@ -32,9 +32,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..bn_table import bn_layers
+from ..bn.per_sample import instance_moments, normalise_per_sample, patched_bn, source_stats
+from ..bn.table import bn_layers
 from .base import Method
-from .norm_patch import instance_moments, normalise_per_sample, patched_bn, source_stats
 
 COMPONENTS = 16
 ALPHA = 0.5

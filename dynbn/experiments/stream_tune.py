@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .domains import DEFAULT_DOMAINS
-from .fitting import split_train
-from .methods import BNEMA, BNPrior
-from .per_sample import DomainSwitch
-from .spectrum import to_tensor
-from .stream import Stream, build_stream, periodic_schedules
-from .vote import VoteRule, clean_index, replay
+from ..domains import DEFAULT_DOMAINS
+from ..fitting import split_train
+from ..methods import BNEMA, BNPrior
+from ..bn.per_sample import DomainSwitch
+from ..spectrum import to_tensor
+from ..stream import Stream, build_stream, periodic_schedules
+from ..vote import VoteRule, clean_index, replay
 
 
 @dataclass

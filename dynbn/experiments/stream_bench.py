@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .domains import DEFAULT_DOMAINS, components
-from .methods import REGISTRY, build_method
-from .methods.dynbn_open import UNKNOWN
-from .stream import Stream, build_stream, periodic_schedules
+from ..domains import DEFAULT_DOMAINS, components
+from ..methods import REGISTRY, build_method
+from ..methods.dynbn_open import UNKNOWN
+from ..stream import Stream, build_stream, periodic_schedules
 
 
 @dataclass
@@ -251,9 +251,3 @@ def machine() -> dict:
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpus": os.cpu_count()}
 
-
-def register(subparsers) -> None:
-    """Add ``stream-bench`` and ``tune-vote`` to the dynbn CLI (see dynbn.stream_cli)."""
-    from .stream_cli import register as register_cli
-
-    register_cli(subparsers)

@@ -1,4 +1,4 @@
-"""One process runs a whole scenario: simulator, worker(s) and report.
+"""One process runs a whole scenario: the simulator's cameras, worker(s) and the report (``dynbn scenario run``).
 
 Without a Redis URL everything goes through ``MemoryTransport`` (no server needed);
 with one, the same pieces talk through real Redis streams under a fresh key prefix.
@@ -14,34 +14,32 @@ from pathlib import Path
 
 import torch
 
-from dynbn.allocator import keep_freed_memory
 from dynbn.data import frost_dir
+from streamer.allocator import keep_freed_memory
+from streamer.arms import build_arms, input_shape
+from streamer.artifacts import load_or_fit
+from streamer.completion import run_complete
+from streamer.consumer import Worker
+from streamer.keys import Keys
+from streamer.redis_transport import RedisTransport, connect
+from streamer.scenario import Scenario
+from streamer.summary import parse_results, summarize, table, write
+from streamer.transport import MemoryTransport
 
-from .arms import build_arms
-from .artifacts import load_or_fit
-from .report import parse_results, summarize, table, write
-from .scenario import Scenario
-from .services import input_shape, run_complete
-from .transport import MemoryTransport
-from .worker import Worker
+from .publisher import Publisher
+from .sources import make_source
 
 
 def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = None, maxlen: int = 50_000):
     """MemoryTransport, or RedisTransport under ``prefix`` (default: a fresh one per run)."""
     if not redis_url:
         return MemoryTransport(scn.partitions)
-    from .keys import Keys
-    from .redis_transport import RedisTransport, connect
-
     return RedisTransport(connect(redis_url, 0), Keys(prefix or f"dynbn:{uuid.uuid4().hex[:8]}"), scn.partitions, maxlen)
 
 
 def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None, artifacts=None, data_dir=None,
                  workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600) -> dict:
     """Fit (or load) artifacts, publish, consume, report; returns the report dict."""
-    from simulator.publisher import Publisher
-    from simulator.service import make_source
-
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
@@ -79,7 +77,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
 
 def _worker(transport, scn: Scenario, model, table, detector, device: str, name: str) -> Worker:
     """A worker with its own arms (arms hold per-camera state)."""
-    arms = build_arms(scn.arms, model, table, detector, scn.vote, device)
+    arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     return Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=name,
                   device=device, input_shape=input_shape(model))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .methods import BASELINES, bn_ema, bn_prior, tent, unmix_tns
+from ..methods import BASELINES, bn_ema, bn_prior, tent, unmix_tns
 from .report import CAVEAT
 
 ACCEPT_MAX_PERIOD = 16       # dynbn_vote >= every baseline for N <= this

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from simulator.embedded import print_summary, run_scenario
+from simulator.sources import write_demo_video
+from streamer.scenario import SCENARIO_DIR, ScenarioError, load, resolve, shipped
+
 
 def cmd_run(args) -> int:
-    import torch
-
-    from .runner import print_summary, run_scenario
-    from .scenario import load, resolve
-
+    """Run a scenario in this process and print its report table; 1 if a frame lacks its one result."""
     if args.threads:
         torch.set_num_threads(args.threads)
     scn = load(resolve(args.scenario))
@@ -26,8 +28,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .scenario import SCENARIO_DIR, load, shipped
-
+    """One line per shipped scenario."""
     for name in shipped():
         scn = load(SCENARIO_DIR / f"{name}.yaml")
         print(f"{name:18} {scn.cameras} cameras x {scn.frames_per_camera} frames, {scn.schedule.kind} schedule, "
@@ -36,8 +37,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .scenario import ScenarioError, load, resolve
-
+    """Validate a scenario file; print every problem."""
     try:
         scn = load(resolve(args.scenario))
     except ScenarioError as exc:
@@ -48,8 +48,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_video(args) -> int:
-    from simulator.sources import write_demo_video
-
+    """Write a short demo video."""
     print(f"wrote {write_demo_video(args.out, frames=args.frames, root=args.data_dir)}")
     return 0
 

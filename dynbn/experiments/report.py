@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .evaluate import ARMS
+from .reproduce import ARMS
 
 CAVEAT = (
     "Data caveat: the CIFAR-10 copy used here was decoded from JPEG files (quality-75-like, 4:2:0 "

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import data
-from .detector import DetectorConfig, config_dict
-from .domains import BENCHMARK, CLEAN
-from .fitting import FitConfig, apply, build, rng_for
-from .methods import BNAdapt, DynBNFrame, DynBNOracle, Source
-from .models import build_model, model_macs
-from .spectrum import to_tensor
+from .. import data
+from ..detector import config_dict
+from ..domains import BENCHMARK, CLEAN
+from ..fitting import FitConfig, build
+from ..sampling import apply, rng_for
+from ..methods import BNAdapt, DynBNFrame, DynBNOracle, Source
+from ..models import build_model, model_macs
+from ..spectrum import to_tensor
 
 ARMS = ("source", "dynbn", "oracle", "bn_adapt")
 
@@ -47,9 +48,7 @@ class ReproduceConfig:
 
     @classmethod
     def quick(cls, seed: int = 0) -> "ReproduceConfig":
-        det = DetectorConfig(epochs=15, batch_size=512, lr=2e-3, seed=seed)
-        fit = FitConfig(detector_images=400, table_images=256, detector=det, seed=seed)
-        return cls(test_images=400, severities=(3, 5), k_sweep=(16, 64, 256), sweep_images=100, fit=fit)
+        return cls(test_images=400, severities=(3, 5), k_sweep=(16, 64, 256), sweep_images=100, fit=FitConfig.quick(seed))
 
 
 def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None) -> torch.Tensor:

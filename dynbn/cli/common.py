@@ -1,0 +1,42 @@
+"""Options and helpers every sub-command shares."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import torch
+
+from .. import data
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--seed``."""
+    p.add_argument("--data-dir", default=None, help=f"data directory (default: ${data.ENV_VAR} or {data.DEFAULT_DIR})")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: with 2, torch collapses when another process holds a core)")
+
+
+def set_threads(n: int) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def command_line() -> str:
+    """The command as typed, for the 'Regenerate:' line of a report."""
+    return "dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def say(message: str) -> None:
+    """Progress lines of the long commands (the library logs; the CLI prints)."""
+    print(message, flush=True)
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,309 @@
+"""The worker: micro-batches frames, runs every arm on them, commits results, acks.
+
+Cameras are pinned to workers, with hand-over. Frames are sharded by camera over
+``partitions`` streams; a worker owns a partition through a lease (a Redis key with a TTL,
+renewed by a heartbeat thread) and is then the only reader of that partition's cameras.
+Why not shared vote state in Redis with any worker taking any frame? Because that cannot
+keep per-camera order: two workers would process frames 0-63 and 64-127 of a camera at
+the same time, and a vote (or bn_ema, tent) would update its state out of order, so
+results would depend on timing. With pinning, a camera's frames pass through its stateful
+arms in publish order, exactly as with one worker.
+
+Hand-over: each commit (one Lua script) acks the frames, writes their results and saves
+each camera's exportable arm state, only if the lease token still matches (fencing: a
+worker that lost its lease cannot commit). A worker that takes a partition over loads that
+state and XAUTOCLAIMs the partition's pending entries (the oldest ones) before reading new
+ones, so processing resumes where the last commit left off. Arms that cannot export their
+state restart the camera from scratch after a hand-over (documented consequence).
+Rebalancing: each worker aims at ceil(partitions / live workers) partitions, so a new
+worker gets some and a dead one's are taken when its leases lapse (``lease_ms``).
+Costs of pinning: a partition's cameras stall for up to ``lease_ms`` after their worker
+dies; one camera never gets more than one worker's throughput; workers beyond
+``partitions`` idle (make partitions >= the most workers you will run).
+
+Failures: an entry delivered more than ``max_deliveries`` times (it crashed its workers)
+or malformed goes to the dead-letter stream with the reason; a lost Redis connection is
+retried with exponential backoff, then every owned partition is re-adopted (state
+reloaded, own pending entries re-claimed: a lost XREADGROUP reply leaves nothing behind).
+SIGTERM: stop reading, finish and commit the batch in hand, release leases, log counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter, deque
+
+import numpy as np
+import redis
+import torch
+
+from dynbn.spectrum import to_tensor
+
+from . import arms as arms_mod
+from .redis_transport import TRANSIENT
+from .transport import Commit, Entry, Transport
+from .wire import MAX_PAYLOAD_BYTES, FrameMessage, Malformed, ResultMessage, dead_fields
+
+log = logging.getLogger("streamer.worker")
+
+
+class Worker:
+    """One consumer of the frame streams; ``run()`` until stopped or (optionally) the run is done."""
+
+    def __init__(self, transport: Transport, arms: dict, *, batch_size: int = 64, max_wait_ms: int = 50,
+                 name: str | None = None, lease_ms: int = 5000, max_deliveries: int = 5,
+                 max_payload: int = MAX_PAYLOAD_BYTES, input_shape=(32, 32, 3), device: str = "cpu") -> None:
+        self.t, self.arms = transport, arms
+        self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
+        self.name = name or f"w-{uuid.uuid4().hex[:8]}"
+        self.lease_ms, self.max_deliveries, self.max_payload = lease_ms, max_deliveries, max_payload
+        self.input_shape, self.device = tuple(input_shape), device
+        self.tokens: dict[int, str] = {}          # owned partition -> lease token
+        self.cameras: dict[int, set[str]] = {}    # owned partition -> cameras seen there
+        self.queue: deque[Entry] = deque()        # claimed or over-read entries, processed first
+        self.live = 1
+        self.counters = Counter()
+        self.stop = threading.Event()
+        self._lost: set[int] = set()
+        self._releasing: set[int] = set()      # owned partitions being handed back: no new reads
+        self._next_balance = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """One full-size batch through every arm, then ``reset()``: the first real batch is not slow."""
+        h, w, _ = self.input_shape
+        x = torch.rand(self.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
+        for arm in self.arms.values():
+            arm(x, ["warm-up"] * self.batch_size, ["clean"] * self.batch_size)
+            arm.reset()
+
+    def startup(self) -> None:
+        """Create groups, announce this worker, start the lease heartbeat."""
+        self.t.setup()
+        self.live = self.t.heartbeat(self.name, self.lease_ms)
+        self._beat = threading.Thread(target=self._heartbeat, name=f"{self.name}-heartbeat", daemon=True)
+        self._beat.start()
+
+    def shutdown(self) -> None:
+        """Release leases (others take over at once) and log one line of counters."""
+        self.stop.set()
+        for p, token in list(self.tokens.items()):
+            try:
+                self.t.release(p, token)
+            except TRANSIENT:
+                pass  # the lease lapses by itself
+        try:
+            self.t.leave(self.name)
+            self.t.set_run(**{f"worker:{self.name}:{k}": v for k, v in self.counters.items()})  # for benchmarks
+        except TRANSIENT:
+            pass
+        log.warning("worker %s stopped: %s", self.name, " ".join(f"{k}={v}" for k, v in sorted(self.counters.items())))
+
+    def run(self, until_done: bool = False) -> None:
+        """Loop until ``stop`` is set (SIGTERM) or, with until_done, the run is fully consumed."""
+        delay, self._broken = 0.1, False
+        while not self.stop.is_set():
+            try:
+                if self._broken:
+                    self._recover()
+                self._balance()
+                batch = self._take_batch()
+                if batch:
+                    self._process(batch)
+                elif until_done and self._finished():
+                    return
+                delay = 0.1
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("worker %s: consumer group missing (streams reset?); recreating", self.name)
+                self.t.setup()
+                self._broken = True
+            except TRANSIENT as exc:
+                self.counters["reconnects"] += 1
+                log.warning("worker %s: redis unavailable (%s); retrying in %.1f s", self.name, exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                self._broken = True  # re-adopt before reading again, even if Redis is back by then
+        self._drain()
+
+    def _drain(self) -> None:
+        """After a stop: process the entries already read (the batch in hand), so none stays pending."""
+        try:
+            while self.queue:
+                self._process(self._take_batch())
+        except TRANSIENT:
+            pass  # their leases lapse; the next owner claims them
+
+    def _finished(self) -> bool:
+        run = self.t.get_run()
+        return run.get("done") == "1" and self.t.backlog() == (0, 0)
+
+    # -- partitions ------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(self.lease_ms / 3000):
+            try:
+                self.live = max(1, self.t.heartbeat(self.name, self.lease_ms))
+                tokens = dict(self.tokens)  # a snapshot: the main thread acquires and drops meanwhile
+                kept = set()
+                for p, token in tokens.items():
+                    kept |= self.t.renew([p], token, self.lease_ms)
+                self._lost |= {p for p in set(tokens) - kept if self.tokens.get(p) == tokens[p]}
+            except TRANSIENT:
+                pass  # the main loop notices and reconnects
+
+    def _balance(self) -> None:
+        """Drop lost partitions; acquire or release so this worker owns its fair share."""
+        for p in list(self._lost):
+            self._drop(p)
+        self._lost.clear()
+        if time.monotonic() < self._next_balance:
+            return
+        self._next_balance = time.monotonic() + 0.5
+        target = math.ceil(self.t.partitions / self.live)
+        start = sum(map(ord, self.name)) % self.t.partitions  # workers try different partitions first
+        for i in range(self.t.partitions):
+            p = (start + i) % self.t.partitions
+            if len(self.tokens) >= target:
+                break
+            token = f"{self.name}:{uuid.uuid4().hex[:8]}"
+            if p not in self.tokens and self.t.acquire(p, token, self.lease_ms):
+                self.tokens[p] = token
+                self._adopt(p)
+        # over the fair share: stop reading the extra partitions, release each once its queued entries are done
+        self._releasing = set(sorted(self.tokens)[target:])
+        for p in sorted(self._releasing):
+            if not any(e.partition == p for e in self.queue):
+                self.t.release(p, self.tokens[p])
+                self._drop(p)
+                self._releasing.discard(p)
+
+    def _readable(self) -> list[int]:
+        """Owned partitions to read new entries from (not those being handed back)."""
+        return sorted(set(self.tokens) - self._releasing)
+
+    def _adopt(self, p: int) -> None:
+        """Take a partition over: load its cameras' states, claim its pending entries (oldest first)."""
+        states = self.t.load_state(p)
+        arms_mod.import_states(self.arms, states)
+        self.cameras[p] = set(states)
+        claimed = self.t.claim(p, self.name)
+        self.counters["claimed"] += len(claimed)
+        self.queue.extendleft(reversed(claimed))
+
+    def _drop(self, p: int) -> None:
+        self.tokens.pop(p, None)
+        arms_mod.forget(self.arms, self.cameras.pop(p, set()))
+        self.queue = deque(e for e in self.queue if e.partition != p)
+
+    def _recover(self) -> None:
+        """After a connection error: re-adopt every partition still ours (nothing trusted locally).
+
+        Raises while Redis is still down; ``run`` keeps calling it until it completes once.
+        """
+        self.queue.clear()
+        for p, token in dict(self.tokens).items():
+            if p in self.t.renew([p], token, self.lease_ms):
+                arms_mod.forget(self.arms, self.cameras.get(p, set()))
+                self._adopt(p)
+            else:
+                self._drop(p)
+        self._broken = False
+
+    # -- batches ---------------------------------------------------------------------------
+    def _take_batch(self) -> list[Entry]:
+        """Up to batch_size entries: queued ones first, else read until full or max_wait after the first."""
+        if self.queue:
+            return [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
+        owned = self._readable()
+        if not owned:
+            self.stop.wait(0.1)
+            return []
+        got: list[Entry] = []
+        deadline = None
+        while len(got) < self.batch_size and not self.stop.is_set():
+            wait = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if deadline is not None and wait <= 0:
+                break
+            t0 = time.perf_counter()
+            new = self.t.read(owned, self.name, self.batch_size - len(got), max(wait, 1))
+            self.counters["read_ms"] += int((time.perf_counter() - t0) * 1000)
+            if not new and deadline is None:
+                return []
+            if deadline is None:
+                deadline = time.monotonic() + self.max_wait_ms / 1000
+            got += new
+        self.queue.extend(got[self.batch_size:])
+        return got[:self.batch_size]
+
+    def _parse(self, batch: list[Entry]):
+        """Split a batch into usable (entry, message, frame) and dead (entry, reason)."""
+        good, dead = [], []
+        for e in batch:
+            if e.deliveries > self.max_deliveries:
+                dead.append((e, f"delivered {e.deliveries} times (limit {self.max_deliveries}): poison message?"))
+                continue
+            try:
+                msg = FrameMessage.from_fields(e.fields, self.max_payload)
+                frame = msg.decode()
+                if frame.shape != self.input_shape:
+                    raise Malformed(f"frame shape {frame.shape}, the model takes {self.input_shape}")
+            except Malformed as exc:
+                dead.append((e, str(exc)))
+                continue
+            good.append((e, msg, frame))
+        return good, dead
+
+    @torch.no_grad()
+    def _predict(self, good) -> tuple[dict[str, list[int]], dict[str, list[str] | None]]:
+        x = to_tensor(np.stack([f for _, _, f in good])).to(self.device)  # B x 3 x H x W
+        cams = [m.camera for _, m, _ in good]
+        truth = [m.truth.domain for _, m, _ in good]  # read by oracle arms only
+        preds, found = {}, {}
+        for name, arm in self.arms.items():
+            preds[name] = arm(x, cams, truth).argmax(1).tolist()
+            found[name] = arms_mod.detected(arm)
+        return preds, found
+
+    def _process(self, batch: list[Entry]) -> None:
+        """Predict with every arm, then one atomic commit per partition touched."""
+        t0 = time.perf_counter()
+        good, dead = self._parse(batch)
+        self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
+        commits: dict[int, Commit] = {}
+        if good:
+            t0 = time.perf_counter()
+            preds, found = self._predict(good)
+            self.counters["predict_ms"] += int((time.perf_counter() - t0) * 1000)
+            t_done = time.time()
+            for i, (e, m, _) in enumerate(good):
+                result = ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub,
+                                       t_done=t_done, truth=m.truth, preds={a: p[i] for a, p in preds.items()},
+                                       detected={a: d[i] for a, d in found.items() if d is not None})
+                commits.setdefault(e.partition, Commit()).results.append((e.id, result.to_fields()))
+                self.cameras.setdefault(e.partition, set()).add(m.camera)
+        for e, reason in dead:
+            commits.setdefault(e.partition, Commit()).dead.append((e.id, dead_fields(reason, str(e.partition), e.id, e.fields, self.name)))
+        t0 = time.perf_counter()
+        for p, c in commits.items():
+            c.state = arms_mod.export_states(self.arms, {m.camera for e, m, _ in good if e.partition == p})
+            self._commit(p, c)
+        self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
+
+    def _commit(self, p: int, c: Commit) -> None:
+        token = self.tokens.get(p)
+        written = -1 if token is None else self.t.commit(p, token, c)
+        if written < 0:
+            self.counters["fenced"] += len(c.results) + len(c.dead)
+            self._drop(p)  # lease lost: the new owner re-processes these frames from its claim
+            return
+        self.counters["frames"] += len(c.results) + len(c.dead)
+        self.counters["results"] += len(c.results)
+        self.counters["dead"] += len(c.dead)
+        self.counters["duplicates_skipped"] += len(c.results) + len(c.dead) - written
+        self.counters["batches"] += 1
