@@ -65,7 +65,7 @@ class DynBNFrame(Method):
 # Weight of a corruption's own entry (severities mixed) in the statistics of a frame of that corruption
 # when the severity is estimated; the severity entries share the rest. Chosen on streams of corrupted
 # TRAINING images held out of fitting (quick fit, seed 0, 1 camera, 2,048 frames per period, N = 1 to
-# 256; `stream-bench --train-split`, reports in docs/stream_bench_severity_train/), dynbn_vote's
+# 256; `stream-bench --split train`; superseded reports, summarised in docs/benchmarks.md), dynbn_vote's
 # accuracy averaged over N at severity 1 / 3 / 5:
 #   one entry per corruption (the paper's table, weight 1):  73.45 / 69.45 / 61.69 %
 #   severity entries alone (weight 0):                        74.01 / 68.84 / 63.13 %

@@ -40,7 +40,7 @@ hardest to catch: a confident wrong table looks as good as a right one.
 
 Why a ramp. A hard threshold treats a frame just under it as sure of its table. Spatter, where
 a wrong table hurts most, scores 45.1 % under its voted tables and 58.7 % under the checkpoint's
-statistics on the held-out corruptions' training streams (``docs/stream_bench_heldout_train_c1``,
+statistics on the held-out corruptions' training streams (``docs/results/stream_bench_heldout_train_c1``,
 B = 1), and the threshold flags 44 % of its frames. The ramp hands frames near the threshold
 over gradually instead of flagging more frames outright. Measured on
 streams of corrupted training images (``--train-split``, 512 frames per period, 1 camera,
