@@ -6,10 +6,13 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
     DYNBN_DATA=/data DYNBN_ARTIFACTS=/artifacts
 
 WORKDIR /app
-# dependencies first (a layer that survives code edits); torch from the CPU wheel index
+# dependencies first (a layer that survives code edits): torch from the CPU wheel index, then
+# the rest exactly as pyproject.toml lists them (one list, no copy to drift)
 COPY pyproject.toml README.md ./
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1 \
- && pip install numpy scipy pillow opencv-python-headless safetensors pydantic pydantic-settings pyyaml redis matplotlib av
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 COPY dynbn ./dynbn
 COPY simulator ./simulator

@@ -1,7 +1,7 @@
 """Corruption detector: a 3-layer MLP over the normalised Fourier spectrum of each frame.
 
 ``fit`` standardises the spectra (per-feature mean and std of the training set, stored
-in the detector) and trains the MLP with Adam and cross-entropy. The detector is a plain
+in the detector) and trains the MLP with AdamW (one-cycle schedule) and cross-entropy. The detector is a plain
 ``nn.Module``: ``forward`` takes [0, 1] frames ``B x 3 x H x W`` and returns logits over
 its domains; ``predict_proba`` returns probabilities. ``save``/``load`` use safetensors
 with the domain list and the architecture in the metadata, so nothing is unpickled.
@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .domains import CLEAN
+from .progress import progress
 from .spectrum import EPS, feature_dim, spectrum
 
 
@@ -244,7 +245,7 @@ def fit(frames: torch.Tensor, labels: torch.Tensor, domains: list[str],
     steps = config.epochs * ((len(feats) + config.batch_size - 1) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
     det.train()
-    for epoch in range(config.epochs):
+    for epoch in progress(range(config.epochs), desc="detector", unit="epoch"):
         order = torch.randperm(len(feats), generator=gen)
         total = 0.0
         for start in range(0, len(order), config.batch_size):

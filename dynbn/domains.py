@@ -12,7 +12,7 @@ EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 DEFAULT_DOMAINS = (CLEAN,) + BENCHMARK
 
 # Two corruptions at once ("first+second": ``second`` is applied to the output of ``first``),
-# the realistic pairs of `dynbn stream-bench --mixtures`: weather or optics first, then the
+# the realistic pairs of `dynbn stream-bench --streams mixtures`: weather or optics first, then the
 # sensor's noise or the codec.
 MIXTURES = (
     "fog+gaussian_noise", "defocus_blur+jpeg_compression", "snow+shot_noise", "motion_blur+impulse_noise",

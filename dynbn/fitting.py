@@ -21,6 +21,7 @@ from .data import Split
 from .detector import Detector, DetectorConfig, fit
 from .domains import CLEAN, DEFAULT_DOMAINS
 from .open_set import fit_open_set
+from .progress import progress
 from .sampling import SEVERITIES, apply, domain_samples, rng_for
 from .severity import fit_head, severity_tables
 from .spectrum import to_tensor
@@ -91,7 +92,8 @@ def build_tables(model: nn.Module, train: Split, domains, ks: list[int], seed: i
     lose accuracy on clean frames (measured: 76.3 % against 77.3 % with K = 256).
     """
     corrupted = [d for d in domains if d != CLEAN]
-    pools = {d: to_tensor(table_frames(train, d, max(ks), seed, frost_dir)) for d in corrupted}
+    pools = {d: to_tensor(table_frames(train, d, max(ks), seed, frost_dir))
+             for d in progress(corrupted, desc="BN tables", unit="domain")}
     tables = {}
     for k in ks:
         table = calibrate(model, {d: pool[:k] for d, pool in pools.items()})

@@ -32,7 +32,7 @@ Why this layer and this kind of score: in exploratory trials with the quick dete
 this layer separated spatter from the known domains best, and it leaves speckle noise and
 Gaussian blur alone, as do the maximum softmax probability and the energy score: to every
 score those look like Gaussian noise and defocus blur, whose tables help them (``dynbn
-stream-bench --held-out`` reports accuracy per corruption), so a score that does *not* flag
+stream-bench --streams held-out`` reports accuracy per corruption), so a score that does *not* flag
 them is what we want. Spatter, where a noise table loses to the source statistics, is the
 one a score must catch. Other layers were measured the same way (shared covariance, 2 % of
 known frames flagged): the first hidden layer flags 32 % of spatter frames, the input
@@ -113,7 +113,7 @@ def fit_open_set(detector: Detector, frames: torch.Tensor, labels: torch.Tensor,
 def move_ramp(detector: Detector, held_out: torch.Tensor, ramp: float) -> float:
     """Start dynbn_open's ramp at the ``ramp`` quantile of the scores of ``held_out`` (the known domains'
     held-out training frames that set the threshold); returns the new start. For measuring other
-    starts on a fitted detector (``dynbn stream-bench --open-ramp``)."""
+    starts on a fitted detector (the design table in ``methods/dynbn_open.py``)."""
     return _start_ramp(detector, detector.logits_and_distance(held_out)[1], ramp)
 
 

@@ -20,6 +20,7 @@ from .bn.table import BNTable, calibrate, current_stats, fingerprint
 from .data import Split
 from .detector import Detector, DetectorConfig, fit
 from .domains import BENCHMARK, CLEAN
+from .progress import progress
 from .sampling import SEVERITIES, apply, rng_for
 from .spectrum import to_tensor
 
@@ -83,7 +84,7 @@ def severity_tables(model: torch.nn.Module, fit_part: Split, k: int, seed: int, 
     ``fitting.build_tables``). Calibrated one corruption at a time to bound memory.
     """
     stats = {CLEAN: current_stats(model)}
-    for c in corruptions:
+    for c in progress(corruptions, desc="severity tables", unit="corruption"):
         pools = {}
         for s in SEVERITIES:
             rng = rng_for(seed, "table", c, s)

@@ -91,7 +91,7 @@ class VoteRule:
 # How much it gains depends on the fit: with the detector of `--detector-seed 1` the same exact
 # score gives +0.12 (SE 0.21), and tune-vote picks a discount of 1 there (3 for seed 2). On the
 # quick test streams, over five fits, it gained 0.4-0.9 points with 1 camera and -0.1-0.5 with 4
-# (README, "Frequent shifts").
+# (docs/benchmarks.md, "Findings of earlier experiments").
 # Its price is on a camera that only ever sees clean frames: 84.89 % against the checkpoint's
 # 85.00 % on 2,000 held-out clean training frames in 5 orders (about 2 frames), because after a
 # clean frame read as a corruption the camera takes a frame or two longer to return. Applying

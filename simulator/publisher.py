@@ -21,6 +21,7 @@ import numpy as np
 
 from dynbn import corruptions
 from dynbn.domains import CLEAN
+from dynbn.progress import progress
 from streamer.redis_transport import TRANSIENT
 from streamer.scenario import Scenario
 from streamer.transport import Transport
@@ -76,6 +77,7 @@ class Publisher:
                        label_kind=self.source.label_kind, arms=",".join(scn.arms), started=time.time())
         streams = [camera_frames(scn, self.source, c, self.frost_dir) for c in range(scn.cameras)]
         cams, t0 = scn.camera_ids, time.monotonic()
+        bar = progress(desc="publish", total=scn.total_frames, unit="frame")
         for step in range(scn.frames_per_camera):
             if self.stopped:
                 break
@@ -84,8 +86,10 @@ class Publisher:
                 frame, truth = next(frames)
                 msg = FrameMessage.from_frame(cams[c], step, frame, time.time(), truth, scn.encoding)
                 self._publish(c % scn.partitions, msg.to_fields())
+            bar.update(len(streams))
             if step % 16 == 15:
                 self._retry(self.t.set_run, published=self.published)
+        bar.close()
         self._retry(self.t.set_run, published=self.published, done=1, finished=time.time())
         log.info("published %d frames", self.published)
         return self.published

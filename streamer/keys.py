@@ -1,6 +1,7 @@
 """Every Redis key (and the consumer-group name) the streaming service uses, in one place.
 
-Frames are sharded over ``partitions`` streams by camera (``partition_of``), so one worker
+Frames are sharded over ``partitions`` streams by camera (the simulator: camera index mod
+``partitions``; ``partition_of`` hashes a camera id stably), so one worker
 at a time owns a camera (see ``streamer.consumer``). All keys share a prefix, so several
 runs can use one Redis without seeing each other; ``dynbn scenario run`` makes a fresh
 prefix per run, the compose services use the fixed default.

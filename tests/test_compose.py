@@ -59,5 +59,6 @@ def test_dockerfile_copies_what_the_services_import():
     text = (ROOT / "Dockerfile").read_text()
     for folder in ("dynbn", "simulator", "streamer", "scenarios"):
         assert f"COPY {folder} ./{folder}" in text and (ROOT / folder).is_dir()
+    assert "['project']['dependencies']" in text  # the image installs pyproject's list, not a copy of it
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .. import data
+from ..experiments.machine import machine
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -33,10 +37,18 @@ def command_line() -> str:
 
 
 def say(message: str) -> None:
-    """Progress lines of the long commands (the library logs; the CLI prints)."""
-    print(message, flush=True)
+    """Progress lines of the long commands (the library logs; the CLI prints), above any progress bar."""
+    tqdm.write(message, file=sys.stdout)
 
 
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def write_report(out: Path, stem: str, result: dict, markdown) -> None:
+    """``out/stem.json`` and ``out/stem.md``; the JSON records the command and the machine."""
+    result.setdefault("command", command_line())
+    result.setdefault("machine", machine())
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / f"{stem}.md").write_text(markdown(result, result["command"]))

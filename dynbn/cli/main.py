@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import data
 from ..experiments.report import reproduce_markdown
@@ -15,7 +16,7 @@ from ..experiments.reproduce import ReproduceConfig, reproduce
 from ..fitting import FitConfig, build
 from ..models import build_model
 from . import scenario, stream, studies
-from .common import add_common, command_line, say
+from .common import add_common, say, write_report
 
 
 def cmd_data(args) -> int:
@@ -54,8 +55,7 @@ def cmd_reproduce(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = reproduce(cfg, args.data_dir, log=say)
-    (out / "reproduce.json").write_text(json.dumps(result, indent=1))
-    (out / "reproduce.md").write_text(reproduce_markdown(result, command_line()))
+    write_report(out, "reproduce", result, reproduce_markdown)
     a = result["arms"]
     print("mean accuracy: " + ", ".join(f"{arm} {a[arm]['mean']:.3f}" for arm in a)
           + f"; detector {result['detector']['accuracy']:.3f}; {time.perf_counter() - start:.0f} s")
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library logs its progress
     try:
-        return args.func(args)
+        with logging_redirect_tqdm():  # log lines print above the progress bars, not through them
+            return args.func(args)
     except data.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..bn.compact import MAX_RANK
 from ..domains import BENCHMARK
 from ..experiments.compact import CompactConfig, compact_markdown, run_compact
 from ..experiments.severity import SeverityConfig, run_severity, severity_markdown
-from .common import add_common, add_threads, command_line, say, set_threads
+from .common import add_common, add_threads, say, set_threads, write_report
 
 
 def _ranks(text: str) -> tuple[int, ...]:
@@ -56,8 +55,7 @@ def cmd_compact_tables(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_compact(cfg, args.data_dir, log=say)
-    (out / "compact_tables.json").write_text(json.dumps(result, indent=1))
-    (out / "compact_tables.md").write_text(compact_markdown(result, command_line()))
+    write_report(out, "compact_tables", result, compact_markdown)
     print(f"recommendation: {result['recommendation']}; {result['timings_s']['total_s']:.0f} s")
     print(f"wrote {out / 'compact_tables.json'} and {out / 'compact_tables.md'}")
     return 0
@@ -68,8 +66,7 @@ def cmd_severity_tables(args) -> int:
     cfg = SeverityConfig.quick(args.seed) if args.quick else SeverityConfig.full(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run_severity(cfg, args.data_dir, log=say)
-    (args.out / "severity_tables.json").write_text(json.dumps(result, indent=1))
-    (args.out / "severity_tables.md").write_text(severity_markdown(result, command_line()))
+    write_report(args.out, "severity_tables", result, severity_markdown)
     print(f"recommendation: {result['recommendation']['choice']}; {result['timings_s']['total_s']:.0f} s")
     print(f"wrote {args.out / 'severity_tables.json'} and {args.out / 'severity_tables.md'}")
     return 0

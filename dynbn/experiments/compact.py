@@ -21,6 +21,7 @@ from ..fitting import FitConfig, build_tables, split_train
 from ..models import build_model
 from ..sampling import apply, rng_for
 from ..spectrum import to_tensor
+from .machine import machine_line
 from .report import CAVEAT
 
 
@@ -153,7 +154,7 @@ def compact_markdown(r: dict, command: str) -> str:
     sev, reps, cfg = r["severities"], r["representations"], r["config"]
     d = len(r["table"]["compressed"])
     lines = [f"# dynbn compact-tables (ResNet-20, {cfg['images']} test images per corruption and severity, "
-             f"seed {cfg['seed']})", "", f"Regenerate: `{command}`", "", CAVEAT, "",
+             f"seed {cfg['seed']})", "", f"Regenerate: `{command}`", "", machine_line(r.get("machine")), "", CAVEAT, "",
              f"Bytes per domain: marginal = what one more domain adds; amortised = shared part / D + marginal, "
              f"D = {d} corrupted domains. Oracle accuracy (%): each frame normalised with its true corruption's "
              f"statistics, mean over the {len(BENCHMARK)} corruptions; drop in points against float32 "

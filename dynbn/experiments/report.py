@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .machine import machine_line
 from .reproduce import ARMS
 
 CAVEAT = (
@@ -21,7 +22,7 @@ def reproduce_markdown(r: dict, command: str) -> str:
     """The report as Markdown: summary, per-severity, per-corruption tables, detector, K sweep."""
     sev = r["severities"]
     lines = [f"# dynbn reproduce ({r['model']}, {r['images']} test images per corruption and severity, seed {r['seed']})", "",
-             f"Regenerate: `{command}`", "", CAVEAT, "",
+             f"Regenerate: `{command}`", "", machine_line(r.get("machine")), "", CAVEAT, "",
              "## Mean accuracy (%) over the 15 corruptions", "",
              "| arm | mean | " + " | ".join(f"s{s}" for s in sev) + " | clean |",
              "|---|---:|" + "---:|" * len(sev) + "---:|"]

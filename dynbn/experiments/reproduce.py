@@ -11,6 +11,7 @@ sizes K.
 from __future__ import annotations
 
 import time
+from itertools import product
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..fitting import FitConfig, build
 from ..sampling import apply, rng_for
 from ..methods import BNAdapt, DynBNFrame, DynBNOracle, Source
 from ..models import build_model, model_macs
+from ..progress import progress
 from ..spectrum import to_tensor
 
 ARMS = ("source", "dynbn", "oracle", "bn_adapt")
@@ -89,22 +91,21 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
     sweep_arms = {k: {"oracle": DynBNOracle(model, tab), "dynbn": DynBNFrame(model, tab, detector)}
                   for k, tab in tables.items()}
     t_eval = time.perf_counter()
-    for c in cfg.corruptions:
-        for s in cfg.severities:
-            x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost))
-            correct = run_arms(arms, x, y, c, cfg)
-            for arm, ok in correct.items():
-                acc[arm][(c, s)] = ok.float().mean().item()
-            detected = _batched(lambda b, *_: detector(b), x, cfg.eval_batch)
-            det_acc[(c, s)] = (detected == domains.index(c)).float().mean().item()
-            np.add.at(confusion[domains.index(c)], detected.numpy(), 1)
-            for k, sub in sweep_arms.items():
-                n = cfg.sweep_images
-                ok = ({a: correct[a][:n] for a in sub} if k == cfg.fit.table_images  # same table: reuse
-                      else run_arms(sub, x[:n], y[:n], c, cfg))
-                for arm, value in ok.items():
-                    sweep[k][arm].append(value.float().mean().item())
-            log(f"{c:>18} s{s}: " + "  ".join(f"{a} {acc[a][(c, s)]:.3f}" for a in ARMS) + f"  detector {det_acc[(c, s)]:.3f}")
+    for c, s in progress(list(product(cfg.corruptions, cfg.severities)), desc="reproduce", unit="cell"):
+        x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost))
+        correct = run_arms(arms, x, y, c, cfg)
+        for arm, ok in correct.items():
+            acc[arm][(c, s)] = ok.float().mean().item()
+        detected = _batched(lambda b, *_: detector(b), x, cfg.eval_batch)
+        det_acc[(c, s)] = (detected == domains.index(c)).float().mean().item()
+        np.add.at(confusion[domains.index(c)], detected.numpy(), 1)
+        for k, sub in sweep_arms.items():
+            n = cfg.sweep_images
+            ok = ({a: correct[a][:n] for a in sub} if k == cfg.fit.table_images  # same table: reuse
+                  else run_arms(sub, x[:n], y[:n], c, cfg))
+            for arm, value in ok.items():
+                sweep[k][arm].append(value.float().mean().item())
+        log(f"{c:>18} s{s}: " + "  ".join(f"{a} {acc[a][(c, s)]:.3f}" for a in ARMS) + f"  detector {det_acc[(c, s)]:.3f}")
     clean_x = to_tensor(test.images)
     clean = {a: ok.float().mean().item() for a, ok in run_arms(arms, clean_x, y, CLEAN, cfg).items()}
     clean_detected = _batched(lambda b, *_: detector(b), clean_x, cfg.eval_batch)

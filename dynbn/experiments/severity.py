@@ -46,6 +46,7 @@ from ..models import build_model
 from ..sampling import SEVERITIES, apply, domain_samples, rng_for
 from ..severity import fit_head, interpolation_weights, severity_name, severity_tables
 from ..spectrum import to_tensor
+from .machine import machine_line
 from .report import CAVEAT
 
 
@@ -308,7 +309,7 @@ def severity_markdown(r: dict, command: str) -> str:
     rule = "|---|" + "---:|" * len(ARMS)
     last = sev[-1]
     lines = [f"# dynbn severity-tables (ResNet-20, {cfg['images']} test images per corruption and severity, "
-             f"seed {cfg['fit']['seed']})", "", f"Regenerate: `{command}`", "", CAVEAT, "",
+             f"seed {cfg['fit']['seed']})", "", f"Regenerate: `{command}`", "", machine_line(r.get("machine")), "", CAVEAT, "",
              "Arms: source = checkpoint statistics; per-corruption = one entry per corruption (severities mixed) "
              "chosen by the true corruption (oracle) or the 16-class detector; per-severity = one entry per "
              "(corruption, severity) chosen by the truth (oracle), by the 76-class detector's top class (hard), or "

@@ -11,7 +11,6 @@ that pick a domain per frame, and accuracy around a shift (for plots).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +20,8 @@ import torch
 from ..domains import DEFAULT_DOMAINS, components
 from ..methods import REGISTRY, build_method
 from ..methods.dynbn_open import UNKNOWN
+from ..progress import progress
+from .machine import machine
 from ..stream import Stream, build_stream, periodic_schedules
 
 
@@ -38,7 +39,7 @@ class BenchConfig:
     before: int = 8               # frames before a shift kept in the around-shift curves
     after: int = 32               # frames after a shift kept in the around-shift curves
     phase: bool = True
-    domains: tuple[str, ...] = DEFAULT_DOMAINS     # what the streams carry (--held-out: EXTRA; --mixtures: MIXTURES)
+    domains: tuple[str, ...] = DEFAULT_DOMAINS     # what the streams carry (--streams held-out: EXTRA; mixtures: MIXTURES)
     arms: tuple[str, ...] = tuple(REGISTRY)
     arm_kwargs: dict = field(default_factory=dict)
     streams: str = "seen"         # "seen" (the detector's corruptions), "held-out" (EXTRA) or "mixtures" (MIXTURES)
@@ -204,6 +205,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
     purpose = "test" if cfg.split == "test" else "tune"  # training frames get their own corruption draws
     arms = make_arms(cfg, model, table, detector)
     rows, curves, ratios = [], {}, {}
+    bar = progress(desc="stream-bench", total=len(cfg.periods) * len(cfg.batch_sizes), unit="run")
     for period in cfg.periods:
         rng = np.random.default_rng([cfg.seed, 20, period])
         frames_per_camera = -(-cfg.frames // cfg.cameras)
@@ -223,6 +225,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             acc = {r["arm"]: r["accuracy"] for r in combo_rows}
             log(f"N={period:<4} B={batch_size:<3} ({time.perf_counter() - t0:5.1f} s) "
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
+            bar.update()
+    bar.close()
     vote = arms.get("dynbn_vote")
     prior = arms.get("dynbn_open") or arms.get("dynbn_prior")
     opened = arms.get("dynbn_open")
@@ -243,11 +247,4 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
             "torch_threads": torch.get_num_threads(), "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
-
-
-def machine() -> dict:
-    """What a report's figures depend on beyond the seed: the detector's fit is chaotic, so a CPU whose
-    vector instructions round differently fits another detector (README, "Frequent shifts")."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpus": os.cpu_count()}
 

@@ -167,7 +167,8 @@ def _machine(m: dict | None) -> str:
     """The report's machine (reports made before it was recorded say nothing)."""
     if not m:
         return ""
-    return (f"; torch {m['torch']}, {m['cpus']} CPUs with {m['cpu_capability']} vector instructions (the same "
+    cpu = f" ({m['cpu']})" if m.get("cpu") else ""
+    return (f"; torch {m['torch']}, {m['cpus']} CPUs{cpu} with {m['cpu_capability']} vector instructions (the same "
             "command on a CPU that rounds differently fits another detector, and the dynbn figures move)")
 
 
@@ -175,7 +176,7 @@ def _severity_note(sev: dict | None) -> str:
     """How dynbn_vote (and dynbn_prior, dynbn_open) chose a corrupted frame's statistics."""
     if not sev:  # reports made before the severity estimate existed
         return ("dynbn_vote statistics: one table entry per corruption (this report predates the severity "
-                "estimate: add --no-severity to its command to regenerate it); ")
+                "estimate: add --arm dynbn_vote.severity=false to its command to regenerate it); ")
     if not sev["used"]:
         return "dynbn_vote statistics: one table entry per corruption (severities mixed); "
     w = sev["corruption_weight"]

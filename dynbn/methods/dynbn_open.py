@@ -25,14 +25,14 @@ camera, or the source statistics. ``dynbn stream-bench`` reports every arm's acc
 on the frames dynbn_open flags ("Accuracy on the frames dynbn_open calls unknown"). Measured
 when the score had one shared covariance and N was 16 for every group, on the
 held-out corruptions at B = 1 (quick run on the test split; in brackets, 1,024-frame streams of
-training images, ``--train-split``): this rule 54.8 % (56.9), the checkpoint's statistics
+training images, ``--split train``): this rule 54.8 % (56.9), the checkpoint's statistics
 53.8 % (55.6), the wrong table chosen by the vote 47.1 % (54.3), a per-camera moving average
 (``bn_ema``) 41.3 % (55.5). The moving average was the earlier fallback. It was updated only
 by the camera's unknown frames, which are rare, so it stayed near the checkpoint's statistics
 and needed state across batches. A per-camera memory of each group's statistics carried
 across batches was tried for all frames and gained nothing at B = 1.
 
-Also tried on the held-out corruptions' training streams (quick, ``--train-split``) and not taken:
+Also tried on the held-out corruptions' training streams (quick, ``--split train``) and not taken:
 choosing per frame between this arm's logits and those under bn_prior's rule by the lower
 entropy or the higher maximum probability. It gains at B = 16 (54.5 and 54.8 % against 53.8,
 mean over N) but loses at B = 1 (50.7 and 51.0 against 51.6), where an unseen corruption is
@@ -43,7 +43,7 @@ a wrong table hurts most, scores 45.1 % under its voted tables and 58.7 % under 
 statistics on the held-out corruptions' training streams (``docs/results/stream_bench_heldout_train_c1``,
 B = 1), and the threshold flags 44 % of its frames. The ramp hands frames near the threshold
 over gradually instead of flagging more frames outright. Measured on
-streams of corrupted training images (``--train-split``, 512 frames per period, 1 camera,
+streams of corrupted training images (``--split train``, 512 frames per period, 1 camera,
 severity 5, seed-0 quick fit; dynbn_open's accuracy, mean over N, at B = 1 / 16 / 64; the ramp's
 start as the quantile of the held-out training scores; the test split was not used):
 
@@ -54,9 +54,9 @@ start as the quantile of the held-out training scores; the test split was not us
 | **0.8** | 58.3 / 58.7 / 59.3 | 63.3 / 61.8 / 61.6 |
 | 0.7 | 58.5 / 58.8 / 59.3 | 63.2 / 61.4 / 61.5 |
 
-(dynbn_vote: 54.5 held-out, 62.0 seen.) Each row: ``dynbn stream-bench [--held-out] --quick
---cameras 1 --train-split --frames 512 --arms dynbn_vote,dynbn_open --open-ramp Q`` (``--no-ramp``
-for the first). 0.8 gains on the held-out corruptions at every B and keeps the seen ones; 0.7
+(dynbn_vote: 54.5 held-out, 62.0 seen.) Each row: ``dynbn stream-bench [--streams held-out] --quick
+--cameras 1 --split train --frames 512 --arms dynbn_vote,dynbn_open`` with the ramp's start moved to
+quantile Q by ``open_set.move_ramp`` on the fitted detector (``--arm dynbn_open.ramp=false`` for the first). 0.8 gains on the held-out corruptions at every B and keeps the seen ones; 0.7
 gains a little more on the held-out corruptions but costs the seen ones 0.4 at B = 16. With
 the ramp from 0.8, a threshold at the 96th or 99th percentile gained no more than half a point
 at any B on the held-out corruptions, and not at every B, so it stays at the 98th. Tried per frame on the same images and not taken: a ramp on the detector's

@@ -48,11 +48,11 @@ better (N = 8 sqrt(n): 63.1 / 61.4 / 61.1 and 57.7 / 59.1 / 59.6; N = 8 n^0.75: 
 and 57.7 / 58.6 / 59.0), so the one with a reason behind it was kept. What it gives up: a frame's
 prediction depends on its group-mates (those of its camera and segment in the same batch),
 so unlike dynbn_vote the result is not per-frame; and it costs a per-group reduction per
-BN layer (1.20-1.27x ``source`` at B = 64 in the benchmarks, against 1.03-1.06x
+BN layer (1.37x ``source`` at B = 64 in the benchmarks, against 1.11x
 for dynbn_vote). Other groupings were measured and lost: by camera alone (pools frames
 across a shift), by camera and corruption family, and with a camera's group statistics
 carried over into the next batch. Measured against the other arms: ``dynbn stream-bench``
-(README, "Frequent shifts" and "Beyond the paper").
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
