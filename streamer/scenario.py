@@ -151,6 +151,17 @@ class Scenario(_Strict):
                 raise ValueError(f"explicit segment domain {seg[0]!r} is not in corruptions {self.corruptions}")
         return self
 
+    @model_validator(mode="after")
+    def _oracle_has_entries(self) -> "Scenario":
+        """dynbn_oracle normalises a frame with its true corruption's entry: every streamed one must be fitted."""
+        if "dynbn_oracle" in self.arms:
+            missing = [c for c in self.corruptions if c not in self.domains()]
+            if missing:
+                raise ValueError(f"arm 'dynbn_oracle' needs a table entry for every streamed corruption, but the fit "
+                                 f"(fit.domains: {self.fit.domains}) lacks {missing}: drop the arm, or fit "
+                                 f"domains: scenario")
+        return self
+
     @property
     def camera_ids(self) -> list[str]:
         width = max(2, len(str(self.cameras - 1)))

@@ -76,6 +76,16 @@ def test_arm_settings_are_validated_when_loaded():
         assert needle in str(err.value), str(err.value)
 
 
+def test_an_oracle_without_the_streamed_corruptions_entry_is_refused_when_checked():
+    # spatter is not a benchmark domain: a fit of `all` has no entry the oracle could use
+    spec = {"arms": ["source", "dynbn_oracle"], "corruptions": ["clean", "fog", "spatter"], "fit": {"domains": "all"}}
+    with pytest.raises(ScenarioError) as err:
+        parse(spec)
+    assert "'dynbn_oracle' needs a table entry" in str(err.value) and "['spatter']" in str(err.value)
+    assert parse({**spec, "fit": {"domains": "scenario"}}).domains() == ["clean", "fog", "spatter"]
+    assert parse({**spec, "arms": ["source", "dynbn_vote"]})  # the detector's arms treat it as unseen
+
+
 def test_the_old_vote_key_says_what_replaced_it(tmp_path):
     (tmp_path / "old.yaml").write_text("arms: [dynbn_vote]\nvote: {window: 2, margin: 0.1, hold: 1}\ncameras: 0\n")
     with pytest.raises(ScenarioError) as err:

@@ -197,6 +197,7 @@ def test_tuning_scores_every_rule_on_training_streams(tmp_path, resnet20, train_
 
 def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
     from dynbn.cli import main
+    from dynbn.experiments.machine import cpu_model
 
     art = tmp_path / "art"
     _fake_artifacts(resnet20, art)
@@ -215,10 +216,11 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
         assert sum(k for k, _ in row["by_domain"].values()) == round(row["accuracy"] * 16)
     assert set(r["relative_time_pooled"]) == {"1", "4"}
     # the machine the figures depend on: torch and the CPU's vector instructions, in the JSON and the text
-    assert r["machine"] == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                            "cpus": os.cpu_count()}
+    assert r["machine"] == {"torch": torch.__version__, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
+    assert r["command"].startswith("dynbn stream-bench ")
     md = (out / "stream_bench.md").read_text()
-    assert f"torch {torch.__version__}, {os.cpu_count()} CPUs with {r['machine']['cpu_capability']} vector" in md
+    assert f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu_model()}) with {r['machine']['cpu_capability']} vector" in md
     assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
                                                     "around_shift_n8.png"}

@@ -31,9 +31,9 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def command_line() -> str:
-    """The command as typed, for the 'Regenerate:' line of a report."""
-    return "dynbn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def command_line(argv: list[str]) -> str:
+    """The command as typed (``main``'s arguments), for the 'Regenerate:' line of a report."""
+    return "dynbn " + shlex.join(argv)
 
 
 def say(message: str) -> None:
@@ -46,9 +46,9 @@ def fail(message: str) -> int:
     return 2
 
 
-def write_report(out: Path, stem: str, result: dict, markdown) -> None:
+def write_report(out: Path, stem: str, result: dict, markdown, args: argparse.Namespace) -> None:
     """``out/stem.json`` and ``out/stem.md``; the JSON records the command and the machine."""
-    result.setdefault("command", command_line())
+    result.setdefault("command", args.command_line)
     result.setdefault("machine", machine())
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     (out / f"{stem}.md").write_text(markdown(result, result["command"]))

@@ -16,7 +16,7 @@ from ..experiments.reproduce import ReproduceConfig, reproduce
 from ..fitting import FitConfig, build
 from ..models import build_model
 from . import scenario, stream, studies
-from .common import add_common, say, write_report
+from .common import add_common, command_line, say, write_report
 
 
 def cmd_data(args) -> int:
@@ -55,7 +55,7 @@ def cmd_reproduce(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = reproduce(cfg, args.data_dir, log=say)
-    write_report(out, "reproduce", result, reproduce_markdown)
+    write_report(out, "reproduce", result, reproduce_markdown, args)
     a = result["arms"]
     print("mean accuracy: " + ", ".join(f"{arm} {a[arm]['mean']:.3f}" for arm in a)
           + f"; detector {result['detector']['accuracy']:.3f}; {time.perf_counter() - start:.0f} s")
@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(argv)  # as typed, for the reports' 'Regenerate:' line
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library logs its progress
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bars, not through them

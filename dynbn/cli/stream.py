@@ -31,7 +31,7 @@ from ..experiments.stream_tune import TuneConfig, tune
 from ..fitting import FitConfig, build, split_train
 from ..methods.registry import REGISTRY, arm_kwargs
 from ..models import build_model
-from .common import add_common, add_threads, command_line, fail, say, set_threads, write_report
+from .common import add_common, add_threads, fail, say, set_threads, write_report
 
 STREAMS = {"seen": None, "held-out": EXTRA, "mixtures": MIXTURES}  # what the streams carry (None: the fit's domains)
 
@@ -144,8 +144,8 @@ def cmd_stream_bench(args) -> int:
     result = run_bench(cfg, model, table, detector, frames, data.frost_dir(args.data_dir), say)
     if args.detector_seed is not None:
         result["detector_seed"] = args.detector_seed
-    result.update(info, model=args.model, command=command_line(), total_seconds=round(time.perf_counter() - start, 1))
-    write_report(out, "stream_bench", result, lambda r, _: stream_markdown(r))
+    result.update(info, model=args.model, command=args.command_line, total_seconds=round(time.perf_counter() - start, 1))
+    write_report(out, "stream_bench", result, lambda r, _: stream_markdown(r), args)
     plots = write_plots(result, out)
     say(f"wrote {out / 'stream_bench.json'}, {out / 'stream_bench.md'} and {len(plots)} plots "
         f"in {result['total_seconds']:.0f} s")

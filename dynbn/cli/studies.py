@@ -55,7 +55,7 @@ def cmd_compact_tables(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_compact(cfg, args.data_dir, log=say)
-    write_report(out, "compact_tables", result, compact_markdown)
+    write_report(out, "compact_tables", result, compact_markdown, args)
     print(f"recommendation: {result['recommendation']}; {result['timings_s']['total_s']:.0f} s")
     print(f"wrote {out / 'compact_tables.json'} and {out / 'compact_tables.md'}")
     return 0
@@ -66,7 +66,7 @@ def cmd_severity_tables(args) -> int:
     cfg = SeverityConfig.quick(args.seed) if args.quick else SeverityConfig.full(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run_severity(cfg, args.data_dir, log=say)
-    write_report(args.out, "severity_tables", result, severity_markdown)
+    write_report(args.out, "severity_tables", result, severity_markdown, args)
     print(f"recommendation: {result['recommendation']['choice']}; {result['timings_s']['total_s']:.0f} s")
     print(f"wrote {args.out / 'severity_tables.json'} and {args.out / 'severity_tables.md'}")
     return 0
