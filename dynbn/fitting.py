@@ -112,7 +112,6 @@ def add_severity(model: nn.Module, detector, tables: dict[int, BNTable], train: 
     whose severities are known from their order); each entry is calibrated on
     ``cfg.severity_images`` training frames of exactly that severity (``severity.severity_tables``).
     """
-
     detector.attach_severity(fit_head(frames, labels, cfg.domains, cfg.detector_images, cfg.detector, cfg.severity_hidden), SEVERITIES)
     entries = severity_tables(model, train, cfg.severity_images, cfg.seed, frost_dir,
                               [d for d in cfg.domains if d != CLEAN])
@@ -145,7 +144,6 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
     two tables can win for a frame (clean or its best other domain), so two forwards per
     frame score every b.
     """
-
     frames, domains, labels = tuning
     x, domains, labels = to_tensor(frames), torch.from_numpy(domains), torch.from_numpy(labels)
     clean = cfg.domains.index(CLEAN)

@@ -12,6 +12,7 @@ a mapping.
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,25 +41,18 @@ def _needs(name: str, **parts) -> None:
         raise ValueError(f"method {name!r} needs {' and '.join(missing)}: pass {', '.join(f'{k}=...' for k in missing)}")
 
 
-def _plain(cls) -> Callable[..., Method]:
-    return lambda model, table, detector, **kw: cls(model, **kw)
+def _builder(cls) -> Callable[..., Method]:
+    """A builder passing ``cls`` the parts its constructor names (``table``, ``detector``), checked present."""
+    parts = [p for p in ("table", "detector") if p in inspect.signature(cls.__init__).parameters]
 
-
-def _with_table(cls) -> Callable[..., Method]:
     def build(model, table, detector, **kw):
-        _needs(cls.name, table=table)
-        return cls(model, table, **kw)
+        given = {"table": table, "detector": detector}
+        _needs(cls.name, **{p: given[p] for p in parts})
+        return cls(model, *(given[p] for p in parts), **kw)
     return build
 
 
-def _with_detector(cls) -> Callable[..., Method]:
-    def build(model, table, detector, **kw):
-        _needs(cls.name, table=table, detector=detector)
-        return cls(model, table, detector, **kw)
-    return build
-
-
-# name -> the class behind each arm, for its settings
+# name -> the class behind each arm (its constructor gives the parts it needs and its settings)
 CLASSES: dict[str, type[Method]] = {
     "source": Source, "bn_adapt": BNAdapt, "bn_prior": BNPrior, "bn_ema": BNEMA, "tent": Tent, "unmix_tns": UnMixTNS,
     "dynbn_frame": DynBNFrame, "dynbn_vote": DynBNVote, "dynbn_open": DynBNOpen, "dynbn_soft": DynBNSoft,
@@ -66,20 +60,7 @@ CLASSES: dict[str, type[Method]] = {
 }
 
 # name -> builder(model, table, detector, **kw); the order is the benchmark's column order
-REGISTRY: dict[str, Callable[..., Method]] = {
-    "source": _plain(Source),
-    "bn_adapt": _plain(BNAdapt),
-    "bn_prior": _plain(BNPrior),
-    "bn_ema": _plain(BNEMA),
-    "tent": _plain(Tent),
-    "unmix_tns": _plain(UnMixTNS),
-    "dynbn_frame": _with_detector(DynBNFrame),
-    "dynbn_vote": _with_detector(DynBNVote),
-    "dynbn_open": _with_detector(DynBNOpen),
-    "dynbn_soft": _with_detector(DynBNSoft),
-    "dynbn_prior": _with_detector(DynBNPrior),
-    "dynbn_oracle": _with_table(DynBNOracle),
-}
+REGISTRY: dict[str, Callable[..., Method]] = {name: _builder(cls) for name, cls in CLASSES.items()}
 
 # the test-time-adaptation baselines dynbn_vote is compared against
 BASELINES = ("bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns")
