@@ -5,7 +5,9 @@ statistics calibrated beforehand for that corruption are swapped into the unchan
 pretrained model, per frame. The names below are the public API (see the README's example).
 """
 
+from ._version import __version__
 from .bn.table import BNTable
+from .bundle import Bundle, fit_bundle, load_bundle
 from .corruptions import corrupt
 from .data import frost_dir, load_cifar10
 from .detector import Detector
@@ -15,7 +17,5 @@ from .models import build_model
 from .spectrum import to_tensor
 from .vote import VoteRule
 
-__version__ = "0.1.0"
-
-__all__ = ["BNTable", "Detector", "FitConfig", "REGISTRY", "VoteRule", "build", "build_method", "build_model",
-           "corrupt", "frost_dir", "load_cifar10", "to_tensor"]
+__all__ = ["BNTable", "Bundle", "Detector", "FitConfig", "REGISTRY", "VoteRule", "__version__", "build", "build_method",
+           "build_model", "corrupt", "fit_bundle", "frost_dir", "load_bundle", "load_cifar10", "to_tensor"]

@@ -9,6 +9,7 @@ Layout (``DYNBN_DATA`` or ``--data-dir``; default ``~/.cache/dynbn/data``)::
 ``fetch()`` fills it for users with internet: the official CIFAR-10 archive through
 torchvision (lossless, unlike the JPEG-decoded copy some mirrors ship), the checkpoints
 and frost overlays from their public URLs, every download checked against its sha256.
+``load_images`` reads a user's own images (a folder or an npz) for fitting a bundle.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 ENV_VAR = "DYNBN_DATA"
 DEFAULT_DIR = Path("~/.cache/dynbn/data")
 _log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/d5489e8995e81e91ce6b1d69dcc98ad579b0b153/pretrained_models/"
@@ -68,7 +71,7 @@ def _missing(path: Path, what: str) -> DataError:
 
 @dataclass(frozen=True)
 class Split:
-    """One CIFAR-10 split: uint8 images (N, 32, 32, 3) RGB and int64 labels (N,)."""
+    """Images and labels: uint8 (N, H, W, 3) RGB and int64 (N,); -1 marks an unknown label (``load_images``)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -101,6 +104,66 @@ def load_cifar10(split: str, root: str | os.PathLike | None = None) -> Split:
     if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: 'labels' must be (N,) in 0..9 matching images, got {labels.shape}")
     return Split(images, labels.astype(np.int64))
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) images to (N, size, size, 3) by area interpolation (returned as is when already that size)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def load_images(source: str | os.PathLike, size: int) -> Split:
+    """A user's images as a Split of ``size x size`` RGB frames: a folder of image files or an ``.npz``.
+
+    A folder: every png/jpg/jpeg/bmp/webp file in it (not its sub-folders), sorted by file name,
+    each squashed to ``size x size`` by area interpolation; labels unknown (-1). An ``.npz``:
+    ``images`` uint8 (N, H, W, 3) RGB, resized if needed, and optional ``labels`` (N,) integers
+    (-1 for unknown; all unknown when absent). Errors name the file and the problem.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _load_folder(path, size)
+    if path.suffix == ".npz" and path.is_file():
+        return _load_npz(path, size)
+    raise DataError(f"image source not found or not supported: {path}; give a folder of "
+                    f"{'/'.join(IMAGE_SUFFIXES)} files or an .npz with 'images' (N, H, W, 3) uint8")
+
+
+def _load_folder(path: Path, size: int) -> Split:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{path.name}: no {'/'.join(IMAGE_SUFFIXES)} files in the folder (sub-folders are not read)")
+    images = np.empty((len(files), size, size, 3), np.uint8)
+    for i, file in enumerate(files):
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)  # grey and palette images come back as 3 channels
+        if bgr is None:
+            raise DataError(f"{file.name}: not a readable image (damaged, or not the format its name says); "
+                            "remove it or save it again")
+        images[i] = cv2.resize(bgr[..., ::-1], (size, size), interpolation=cv2.INTER_AREA)  # BGR -> RGB
+    return Split(images, np.full(len(files), -1, np.int64))
+
+
+def _load_npz(path: Path, size: int) -> Split:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files:
+                raise DataError(f"{path.name}: no 'images' array (it holds {npz.files}); save images=(N, H, W, 3) uint8")
+            images = npz["images"]
+            labels = npz["labels"] if "labels" in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path.name} is damaged or not an npz of arrays ({exc}); save it again with np.savez") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise DataError(f"{path.name}: 'images' must be uint8 (N, H, W, 3) RGB, got {images.dtype} {images.shape}")
+    if labels is None:
+        labels = np.full(len(images), -1, np.int64)
+    elif labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < -1:
+        raise DataError(f"{path.name}: 'labels' must be (N,) integers >= -1 (-1: unknown) matching images, "
+                        f"got {labels.dtype} {labels.shape}")
+    return Split(resize(images, size), labels.astype(np.int64))
 
 
 def frost_dir(root: str | os.PathLike | None = None) -> Path:

@@ -7,10 +7,13 @@ normalisation lives inside the ``Normalized`` wrapper, never in the caller.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from .data import CHECKPOINTS, DataError, data_dir
@@ -70,10 +73,12 @@ class CifarResNet(nn.Module):
 class Normalized(nn.Module):
     """Wrap a classifier so it takes [0, 1] RGB frames and normalises them itself."""
 
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 32) -> None:
+    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 32,
+                 spec: str | None = None) -> None:
         super().__init__()
         self.net = net
         self.input_size = input_size
+        self.spec = spec  # the build_model spec it came from (None when built by hand); bundles check it
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -109,25 +114,141 @@ def load_cifar_resnet(depth: int = 20, root: str | os.PathLike | None = None) ->
     except RuntimeError as exc:
         raise DataError(f"{path} does not fit ResNet-{depth}: {exc}") from exc
     # channels-last convolutions run about 25 % faster on CPU (bench/model_speed.py)
-    return Normalized(net.to(memory_format=torch.channels_last)).eval()
+    return Normalized(net.to(memory_format=torch.channels_last), spec=f"resnet{depth}").eval()
 
 
 def torchvision_model(name: str, num_classes: int = 10, seed: int = 0, input_size: int = 32) -> Normalized:
     """A randomly initialised torchvision classifier (no download), wrapped to take [0, 1] frames."""
-    import torchvision
-
     torch.manual_seed(seed)
-    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    return Normalized(net, input_size=input_size).eval()
+    return architecture(f"tv:{name}", num_classes, input_size)
 
 
-def build_model(spec: str, root: str | os.PathLike | None = None) -> Normalized:
-    """Model from a short spec: ``resnet20`` .. ``resnet56`` (pretrained) or ``tv:resnet18`` (torchvision)."""
-    if spec.startswith("tv:"):
-        return torchvision_model(spec[3:])
-    if spec.startswith("resnet") and spec[6:].isdigit():
-        return load_cifar_resnet(int(spec[6:]), root)
+class WeightsError(ValueError):
+    """A weights file is missing, damaged or does not fit the architecture; the message names the file and the fix."""
+
+
+def parse_spec(spec: str) -> tuple[str, str | int]:
+    """``"resnet20"`` -> ``("cifar", 20)``, ``"tv:resnet18"`` -> ``("tv", "resnet18")``; ValueError otherwise."""
+    if spec.startswith("tv:") and len(spec) > 3:
+        return "tv", spec[3:]
+    if spec.startswith("resnet") and spec[6:].isdigit() and int(spec[6:]) in CIFAR_DEPTHS:
+        return "cifar", int(spec[6:])
     raise ValueError(f"unknown model {spec!r}: use resnet20/32/44/56 or tv:<torchvision name>, e.g. tv:resnet18")
+
+
+def architecture(spec: str, num_classes: int = 10, input_size: int = 32) -> Normalized:
+    """The model a spec names, randomly initialised: reads no weights and needs no data directory."""
+    kind, name = parse_spec(spec)
+    if kind == "cifar":
+        # channels-last convolutions run about 25 % faster on CPU (bench/model_speed.py)
+        net = CifarResNet(CIFAR_DEPTHS[name], num_classes).to(memory_format=torch.channels_last)
+    else:
+        import torchvision
+
+        try:
+            net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        except ValueError as exc:
+            raise ValueError(f"unknown torchvision model {name!r} in {spec!r} ({exc}); "
+                             "see torchvision.models.list_models()") from exc
+    return Normalized(net, input_size=input_size, spec=spec).eval()
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``torch.save`` file (tensors only, never arbitrary objects).
+
+    Accepts a plain state dict or ``{"state_dict": ...}``; strips ``module.`` (DataParallel) and a
+    ``net.`` prefix on every key (a dynbn ``Normalized`` model's, as in a bundle's model.safetensors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            blob = load_safetensors(str(path))
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any class but tensors and containers: name the one it met (torch's own
+        # message suggests weights_only=False, which would run the file's code)
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        if found is None:
+            raise WeightsError(f"{path.name} is damaged or not a weights file (not a torch.save archive); "
+                               "save it again (torch.save(model.state_dict(), FILE) or safetensors)") from exc
+        raise WeightsError(f"{path.name} holds objects other than tensors (a pickled {found.group(1)}), which are "
+                           "never unpickled; save the state dict instead: torch.save(model.state_dict(), FILE) "
+                           "or safetensors") from exc
+    except Exception as exc:  # truncated zip, bad safetensors header ...
+        raise WeightsError(f"{path.name} is damaged or not a weights file ({exc}); save it again "
+                           "(torch.save(model.state_dict(), FILE) or safetensors)") from exc
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"{path.name}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    odd = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if odd:
+        raise WeightsError(f"{path.name}: entries {odd[:5]} are not tensors; save model.state_dict() alone")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if all(k.startswith("net.") for k in state):
+        state = {k[4:]: v for k, v in state.items()}
+    return state
+
+
+def classifier_key(net: nn.Module) -> str:
+    """The state_dict key of the classifier's weight: the last Linear (or, failing that, Conv2d) layer."""
+    heads = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    heads = heads or [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    return f"{heads[-1]}.weight"
+
+
+def _fit_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and wrongly shaped keys of ``state`` against ``net``'s state dict."""
+    want = net.state_dict()
+    problems = [f"missing {k}" for k in want if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in want]
+    problems += [f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(v.shape)}"
+                 for k, v in want.items() if k in state and state[k].shape != v.shape]
+    return problems
+
+
+def load_weights(spec: str, path: str | os.PathLike, num_classes: int | None = None, input_size: int = 32) -> Normalized:
+    """The architecture of ``spec`` holding a user's weights (strict); the class count is read from them."""
+    state, name = read_weights(path), Path(path).name
+    probe = architecture(spec, 10, input_size)
+    key = classifier_key(probe.net)
+    if key not in state:
+        raise WeightsError(f"{name} has no classifier weight {key!r}: is it a {spec} state dict? "
+                           f"Its first keys: {list(state)[:4]}")
+    found = int(state[key].shape[0])
+    if num_classes is not None and num_classes != found:
+        raise WeightsError(f"{name} has {found} classes ({key} is {tuple(state[key].shape)}), {num_classes} were asked for")
+    model = probe if found == 10 else architecture(spec, found, input_size)
+    problems = _fit_problems(model.net, state)
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise WeightsError(f"{name} does not fit {spec} ({len(problems)} problems: {shown}); "
+                           "was it saved from another architecture? Pass the matching --model")
+    model.net.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def build_model(spec: str, root: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+                num_classes: int | None = None, input_size: int | None = None) -> Normalized:
+    """Model from a short spec: ``resnet20`` .. ``resnet56`` (pretrained) or ``tv:resnet18`` (torchvision).
+
+    ``weights``: a user's state dict file (``read_weights``) instead of the shipped checkpoint
+    (CIFAR ResNets) or the random initialisation (torchvision); ``num_classes`` is then read
+    from it unless given. ``input_size``: the frame side the model will see (32 by default).
+    """
+    kind, name = parse_spec(spec)
+    size = input_size or 32
+    if weights is not None:
+        return load_weights(spec, weights, num_classes, size)
+    if kind == "tv":
+        return torchvision_model(name, num_classes or 10, input_size=size)
+    if num_classes not in (None, 10):
+        raise ValueError(f"the shipped {spec} checkpoint has 10 classes, not {num_classes}: pass weights for another count")
+    model = load_cifar_resnet(name, root)
+    model.input_size, model.spec = size, spec
+    return model
 
 
 def model_macs(model: nn.Module, input_size: int = 32) -> int:

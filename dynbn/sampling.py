@@ -22,6 +22,14 @@ def rng_for(seed: int, purpose: str, domain: str, severity: int) -> np.random.Ge
     return np.random.default_rng([seed, _PURPOSE[purpose], index.index(domain), severity])
 
 
+def draw(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """k row indices out of n without replacement; when k > n (a user's small image set), every row
+    about equally often (whole permutations): each repeat gets its own random corruption."""
+    if k <= n:
+        return rng.choice(n, k, replace=False)  # the draw every CIFAR-10 figure was made with
+    return np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k]
+
+
 def apply(images: np.ndarray, domain: str, severity: int, rng: np.random.Generator, frost_dir) -> np.ndarray:
     """Corrupt uint8 frames with one domain at one severity ('clean' returns them unchanged).
 
@@ -40,7 +48,7 @@ def domain_samples(split: Split, domains, per_severity: int, purpose: str, seed:
     for d, domain in enumerate(domains):
         for s in SEVERITIES:
             rng = rng_for(seed, purpose, domain, s)
-            pick = rng.choice(len(split), per_severity, replace=False)
+            pick = draw(rng, len(split), per_severity)
             frames.append(apply(split.images[pick], domain, s, rng, frost_dir))
             domain_idx.append(np.full(per_severity, d))
             labels.append(split.labels[pick])

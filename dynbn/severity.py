@@ -21,7 +21,7 @@ from .data import Split
 from .detector import Detector, DetectorConfig, fit
 from .domains import BENCHMARK, CLEAN
 from .progress import progress
-from .sampling import SEVERITIES, apply, rng_for
+from .sampling import SEVERITIES, apply, draw, rng_for
 from .spectrum import to_tensor
 
 
@@ -88,7 +88,7 @@ def severity_tables(model: torch.nn.Module, fit_part: Split, k: int, seed: int, 
         pools = {}
         for s in SEVERITIES:
             rng = rng_for(seed, "table", c, s)
-            pick = rng.choice(len(fit_part), k, replace=False)
+            pick = draw(rng, len(fit_part), k)
             pools[severity_name(c, s)] = to_tensor(apply(fit_part.images[pick], c, s, rng, frost_dir))
         stats.update(calibrate(model, pools).stats)
     return BNTable(layers=fingerprint(model), stats=stats, meta={"images_per_domain": str(k)})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dynbn.data import frost_dir
+from dynbn.data import CLASSES, frost_dir
 from streamer.allocator import keep_freed_memory
 from streamer.arms import build_arms, input_shape
 from streamer.artifacts import load_or_fit
@@ -79,7 +79,7 @@ def _worker(transport, scn: Scenario, model, table, detector, device: str, name:
     """A worker with its own arms (arms hold per-camera state)."""
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     return Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=name,
-                  device=device, input_shape=input_shape(model))
+                  device=device, input_shape=input_shape(model), class_names=list(CLASSES))
 
 
 def _progress(transport, scn: Scenario, threads, timeout_s: float, log) -> None:

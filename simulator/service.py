@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dynbn.data import frost_dir
+from streamer.completion import retrying
 from streamer.keys import DEFAULT_PREFIX, Keys
 from streamer.redis_transport import RedisTransport, connect
 from streamer.scenario import load, resolve
@@ -44,7 +45,8 @@ def main() -> int:
     if settings.maxlen < 4 * settings.max_backlog:
         raise SystemExit(f"SIM_MAXLEN {settings.maxlen} must be >= 4 x SIM_MAX_BACKLOG {settings.max_backlog}: "
                          "trimming could otherwise drop frames not yet acked")
-    transport = RedisTransport(connect(settings.redis_url, 3, settings.redis_ca), Keys(settings.prefix),
+    client = retrying(lambda: connect(settings.redis_url, 3, settings.redis_ca), "connect")
+    transport = RedisTransport(client, Keys(settings.prefix),
                                scn.partitions, settings.maxlen)
     if settings.reset:
         transport.reset()

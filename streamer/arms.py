@@ -52,16 +52,8 @@ def input_shape(model) -> tuple[int, int, int]:
 
 def detected(arm) -> list[str] | None:
     """Domain names the arm used for the last batch (None for arms that do not detect)."""
-    names = getattr(arm, "last_domains", None)
-    if names is not None:
-        return list(names)
-    index = getattr(arm, "last_index", None)
-    if index is None:
-        index = getattr(arm, "last_detected", None)
-    domains = getattr(getattr(arm, "detector", None), "domains", None)
-    if index is None or domains is None:
-        return None
-    return [domains[int(i)] for i in index]
+    conditions = arm.last_conditions()
+    return None if conditions is None else [c.domain for c in conditions]
 
 
 def _votes(arm):
@@ -99,22 +91,32 @@ def import_state(arm, camera: str, state: dict) -> None:
         v.level_sum = None if level_sum is None else np.asarray(level_sum, dtype=np.float64)
 
 
-def export_states(arms: dict, cameras) -> dict[str, str]:
-    """camera -> JSON of every exportable arm's state for that camera."""
+CONDITION = "_condition"  # the key of a camera's last announced condition in its committed state
+
+
+def export_states(arms: dict, cameras, conditions: dict[str, str] | None = None) -> dict[str, str]:
+    """camera -> JSON of every exportable arm's state for that camera, and its last announced condition."""
     out = {}
     for cam in sorted(set(cameras)):
         states = {name: st for name, arm in arms.items() if (st := export_state(arm, cam)) is not None}
+        if conditions and cam in conditions:
+            states[CONDITION] = conditions[cam]
         if states:
             out[cam] = json.dumps(states)
     return out
 
 
-def import_states(arms: dict, states: dict[str, str]) -> None:
-    """Restore per-camera states committed by whichever worker owned the cameras before."""
+def import_states(arms: dict, states: dict[str, str]) -> dict[str, str]:
+    """Restore per-camera states committed by whichever worker owned the cameras before; returns the
+    cameras' last announced conditions (so a condition change is announced once, across hand-overs)."""
+    conditions = {}
     for cam, blob in states.items():
         for name, state in json.loads(blob).items():
-            if name in arms:
+            if name == CONDITION:
+                conditions[cam] = state
+            elif name in arms:
                 import_state(arms[name], cam, state)
+    return conditions
 
 
 def forget(arms: dict, cameras) -> None:

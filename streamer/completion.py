@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
+
 from .redis_transport import TRANSIENT
 
 log = logging.getLogger("streamer")
@@ -39,10 +41,13 @@ def wait_complete(transport, timeout_s: float, poll_s: float = 0.5, progress=Non
 
 
 def retrying(fn, what: str, attempts: int = 60):
-    """``fn()``, retried with backoff while Redis is unavailable (the last try raises)."""
+    """``fn()``, retried with backoff while Redis is unavailable (the last try raises); a refused password
+    is not retried (redis-py counts it as a connection error)."""
     for i in range(attempts):
         try:
             return fn()
+        except redis.AuthenticationError:
+            raise
         except TRANSIENT as exc:
             log.warning("%s: redis unavailable (%s), retry %d", what, exc, i + 1)
             time.sleep(min(0.1 * 2 ** i, 5.0))

@@ -21,8 +21,15 @@ Costs of pinning: a partition's cameras stall for up to ``lease_ms`` after their
 dies; one camera never gets more than one worker's throughput; workers beyond
 ``partitions`` idle (make partitions >= the most workers you will run).
 
+Results and events: each result carries the first arm's answer (the served arm: class,
+confidence, the condition it normalised for) and every arm's class. When the served arm's
+condition for a camera changes (clean -> fog), the commit also writes an event; the
+camera's last condition travels with its committed state, so a change is announced once,
+also across hand-overs.
+
 Failures: an entry delivered more than ``max_deliveries`` times (it crashed its workers)
-or malformed goes to the dead-letter stream with the reason; a lost Redis connection is
+or malformed goes to the dead-letter stream with the reason; an exception inside an arm
+dead-letters the batch's frames with the arm's name and the error, and the worker goes on; a lost Redis connection is
 retried with exponential backoff, then every owned partition is re-adopted (state
 reloaded, own pending entries re-claimed: a lost XREADGROUP reply leaves nothing behind).
 SIGTERM: stop reading, finish and commit the batch in hand, release leases, log counters.
@@ -46,9 +53,13 @@ from dynbn.spectrum import to_tensor
 from . import arms as arms_mod
 from .redis_transport import TRANSIENT
 from .transport import Commit, Entry, Transport
-from .wire import MAX_PAYLOAD_BYTES, FrameMessage, Malformed, ResultMessage, dead_fields
+from .wire import MAX_PAYLOAD_BYTES, Event, FrameMessage, Malformed, ResultMessage, dead_fields
 
 log = logging.getLogger("streamer.worker")
+
+
+class ArmFailed(RuntimeError):
+    """An arm raised on a batch; the message (arm, error) is the dead-letter reason of the batch's frames."""
 
 
 class Worker:
@@ -56,14 +67,17 @@ class Worker:
 
     def __init__(self, transport: Transport, arms: dict, *, batch_size: int = 64, max_wait_ms: int = 50,
                  name: str | None = None, lease_ms: int = 5000, max_deliveries: int = 5,
-                 max_payload: int = MAX_PAYLOAD_BYTES, input_shape=(32, 32, 3), device: str = "cpu") -> None:
+                 max_payload: int = MAX_PAYLOAD_BYTES, input_shape=(32, 32, 3), device: str = "cpu",
+                 class_names: list[str] | None = None) -> None:
         self.t, self.arms = transport, arms
+        self.class_names = class_names
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
         self.name = name or f"w-{uuid.uuid4().hex[:8]}"
         self.lease_ms, self.max_deliveries, self.max_payload = lease_ms, max_deliveries, max_payload
         self.input_shape, self.device = tuple(input_shape), device
         self.tokens: dict[int, str] = {}          # owned partition -> lease token
         self.cameras: dict[int, set[str]] = {}    # owned partition -> cameras seen there
+        self.conditions: dict[str, str] = {}      # camera -> the served arm's condition, as last announced
         self.queue: deque[Entry] = deque()        # claimed or over-read entries, processed first
         self.live = 1
         self.counters = Counter()
@@ -190,7 +204,7 @@ class Worker:
     def _adopt(self, p: int) -> None:
         """Take a partition over: load its cameras' states, claim its pending entries (oldest first)."""
         states = self.t.load_state(p)
-        arms_mod.import_states(self.arms, states)
+        self.conditions.update(arms_mod.import_states(self.arms, states))
         self.cameras[p] = set(states)
         claimed = self.t.claim(p, self.name)
         self.counters["claimed"] += len(claimed)
@@ -198,7 +212,7 @@ class Worker:
 
     def _drop(self, p: int) -> None:
         self.tokens.pop(p, None)
-        arms_mod.forget(self.arms, self.cameras.pop(p, set()))
+        self._forget(self.cameras.pop(p, set()))
         self.queue = deque(e for e in self.queue if e.partition != p)
 
     def _recover(self) -> None:
@@ -209,11 +223,16 @@ class Worker:
         self.queue.clear()
         for p, token in dict(self.tokens).items():
             if p in self.t.renew([p], token, self.lease_ms):
-                arms_mod.forget(self.arms, self.cameras.get(p, set()))
+                self._forget(self.cameras.get(p, set()))
                 self._adopt(p)
             else:
                 self._drop(p)
         self._broken = False
+
+    def _forget(self, cameras) -> None:
+        arms_mod.forget(self.arms, cameras)
+        for cam in cameras:
+            self.conditions.pop(cam, None)
 
     # -- batches ---------------------------------------------------------------------------
     def _take_batch(self) -> list[Entry]:
@@ -260,15 +279,20 @@ class Worker:
         return good, dead
 
     @torch.no_grad()
-    def _predict(self, good) -> tuple[dict[str, list[int]], dict[str, list[str] | None]]:
+    def _predict(self, good) -> dict[str, tuple[list[int], list[float], list | None]]:
+        """Every arm on the batch: arm -> (class per frame, its probability, conditions or None)."""
         x = to_tensor(np.stack([f for _, _, f in good])).to(self.device)  # B x 3 x H x W
         cams = [m.camera for _, m, _ in good]
-        truth = [m.truth.domain for _, m, _ in good]  # read by oracle arms only
-        preds, found = {}, {}
+        # the true domains, for oracle arms only; a camera's frames carry none
+        truth = None if any(m.truth is None for _, m, _ in good) else [m.truth.domain for _, m, _ in good]
+        out = {}
         for name, arm in self.arms.items():
-            preds[name] = arm(x, cams, truth).argmax(1).tolist()
-            found[name] = arms_mod.detected(arm)
-        return preds, found
+            try:
+                confidence, classes = arm(x, cams, truth).softmax(1).max(1)
+            except Exception as exc:  # one arm's bug must not stop the worker: see _process
+                raise ArmFailed(f"arm {name} failed: {type(exc).__name__}: {exc}") from exc
+            out[name] = (classes.tolist(), confidence.tolist(), arm.last_conditions())
+        return out
 
     def _process(self, batch: list[Entry]) -> None:
         """Predict with every arm, then one atomic commit per partition touched."""
@@ -278,22 +302,56 @@ class Worker:
         commits: dict[int, Commit] = {}
         if good:
             t0 = time.perf_counter()
-            preds, found = self._predict(good)
+            try:
+                outputs = self._predict(good)
+            except ArmFailed as exc:
+                log.exception("worker %s: %s; dead-lettering the batch's %d frames", self.name, exc, len(good))
+                self.counters["arm_errors"] += 1
+                dead += [(e, str(exc)) for e, _, _ in good]
+                good = []
             self.counters["predict_ms"] += int((time.perf_counter() - t0) * 1000)
             t_done = time.time()
             for i, (e, m, _) in enumerate(good):
-                result = ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub,
-                                       t_done=t_done, truth=m.truth, preds={a: p[i] for a, p in preds.items()},
-                                       detected={a: d[i] for a, d in found.items() if d is not None})
-                commits.setdefault(e.partition, Commit()).results.append((e.id, result.to_fields()))
+                commit = commits.setdefault(e.partition, Commit())
+                result = self._result(e, m, i, outputs, t_done)
+                commit.results.append((e.id, result.to_fields()))
+                event = self._track(result)
+                if event is not None:
+                    commit.events.append(event.to_fields())
                 self.cameras.setdefault(e.partition, set()).add(m.camera)
         for e, reason in dead:
             commits.setdefault(e.partition, Commit()).dead.append((e.id, dead_fields(reason, str(e.partition), e.id, e.fields, self.name)))
         t0 = time.perf_counter()
         for p, c in commits.items():
-            c.state = arms_mod.export_states(self.arms, {m.camera for e, m, _ in good if e.partition == p})
+            cams = {m.camera for e, m, _ in good if e.partition == p}
+            c.state = arms_mod.export_states(self.arms, cams, {cam: self.conditions[cam] for cam in cams
+                                                                if cam in self.conditions})
             self._commit(p, c)
         self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
+
+    def _result(self, e: Entry, m: FrameMessage, i: int, outputs: dict, t_done: float) -> ResultMessage:
+        """Frame i's result: the first (served) arm's answer and every arm's class."""
+        classes, confidence, conditions = next(iter(outputs.values()))
+        c = conditions[i] if conditions else None
+        label = classes[i]
+        name = self.class_names[label] if self.class_names and label < len(self.class_names) else None
+        return ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub, t_done=t_done,
+                             label=label, class_name=name, confidence=confidence[i],
+                             condition=c.domain if c else None, severity=c.severity if c else None,
+                             detector_confidence=c.confidence if c else None, truth=m.truth,
+                             preds={a: o[0][i] for a, o in outputs.items()},
+                             detected={a: o[2][i].domain for a, o in outputs.items() if o[2]})
+
+    def _track(self, r: ResultMessage) -> Event | None:
+        """An event when the camera's condition differs from the one last announced (none for its first frame)."""
+        if r.condition is None:
+            return None
+        before = self.conditions.get(r.camera)
+        self.conditions[r.camera] = r.condition
+        if before is None or before == r.condition:
+            return None
+        return Event(camera=r.camera, seq=r.seq, to=r.condition, severity=r.severity, confidence=r.detector_confidence,
+                     time=r.t_done, **{"from": before})
 
     def _commit(self, p: int, c: Commit) -> None:
         token = self.tokens.get(p)

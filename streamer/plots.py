@@ -16,7 +16,7 @@ def plot_accuracy_over_time(results, path, window: int = 8) -> None:
     hits = defaultdict(lambda: defaultdict(list))   # arm -> seq -> [hit]
     shifts = set()
     for r in results:
-        if r.truth.label < 0:
+        if r.truth is None or r.truth.label < 0:
             continue
         if r.truth.since_shift == 0 and r.seq > 0:
             shifts.add(r.seq)

@@ -23,7 +23,7 @@ def main() -> int:
     """Wait for the run to complete, then write the report from the results stream."""
     s = ReportSettings()
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    transport = RedisTransport(connect(s.redis_url, 3, s.redis_ca), Keys(s.prefix), 1)
+    transport = RedisTransport(retrying(lambda: connect(s.redis_url, 3, s.redis_ca), "connect"), Keys(s.prefix), 1)
     born = time.time()
     run = retrying(transport.get_run, "report")
     while "partitions" not in run or (s.run_max_age_s and float(run["started"]) < born - s.run_max_age_s):

@@ -48,7 +48,7 @@ def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transpo
     out["missing_results"] = max(0, out["frames_published"] - len(keys) - len(dead))
     for arm in arms:
         out["results"][arm] = _arm_summary(results, arm)
-        det = [r.detected[arm] == r.truth.domain for r in results if arm in r.detected]
+        det = [r.detected[arm] == r.truth.domain for r in results if arm in r.detected and r.truth is not None]
         if det:
             out["detection"][arm] = {"frames": len(det), "accuracy": _acc(det)}
     lat = np.array([(r.t_done - r.t_pub) * 1000 for r in results]) if results else np.zeros(1)
@@ -68,18 +68,20 @@ def _reason(d: dict) -> str:
 
 
 def _arm_summary(results: list[ResultMessage], arm: str) -> dict:
-    scored = [r for r in results if r.truth.label >= 0 and arm in r.preds]
+    scored = [r for r in results if r.truth is not None and r.truth.label >= 0 and arm in r.preds]
     hit = [r.preds[arm] == r.truth.label for r in scored]
-    per_cam, after, per_domain = defaultdict(list), defaultdict(list), defaultdict(list)
+    per_cam, after, per_domain, per_severity = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     for r, h in zip(scored, hit):
         per_cam[r.camera].append(h)
         after[_bucket(r.truth.since_shift)].append(h)
         per_domain[r.truth.domain].append(h)
+        per_severity[str(r.truth.severity)].append(h)
     order = [_bucket(lo) for lo, _ in BUCKETS]
     return {"frames": len(scored), "accuracy": _acc(hit),
             "per_camera": {c: _acc(v) for c, v in sorted(per_cam.items())},
             "after_shift": {b: _acc(after[b]) for b in order if after[b]},
-            "per_domain": {d: _acc(v) for d, v in sorted(per_domain.items())}}
+            "per_domain": {d: _acc(v) for d, v in sorted(per_domain.items())},
+            "per_severity": {s: _acc(v) for s, v in sorted(per_severity.items())}}
 
 
 def parse_results(raw: list[dict]) -> list[ResultMessage]:
@@ -103,6 +105,13 @@ def markdown(rep: dict) -> str:
         for arm, a in rep["results"].items():
             lines.append(f"| {arm} | " + " | ".join(_pct(a["after_shift"].get(b)) for b in buckets) + " |")
         lines.append("")
+    for key, title in (("per_domain", "corruption"), ("per_severity", "severity (0: clean)")):
+        cols = sorted({c for a in rep["results"].values() for c in a.get(key, {})})
+        if len(cols) > 1:
+            lines += [f"## Accuracy per {title} (%)", "", "| arm | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            for arm, a in rep["results"].items():
+                lines.append(f"| {arm} | " + " | ".join(_pct(a[key].get(c)) for c in cols) + " |")
+            lines.append("")
     cams = sorted({c for a in rep["results"].values() for c in a["per_camera"]})
     if cams and len(cams) <= 16:
         lines += ["## Accuracy per camera (%)", "", "| arm | " + " | ".join(cams) + " |", "|---|" + "---:|" * len(cams)]

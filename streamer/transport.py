@@ -29,10 +29,11 @@ class Entry:
 
 @dataclass
 class Commit:
-    """What one atomic commit writes for one partition: (frame id, fields) pairs and camera states."""
+    """What one atomic commit writes for one partition: (frame id, fields) pairs, camera events and states."""
 
     results: list[tuple[str, dict]] = field(default_factory=list)
     dead: list[tuple[str, dict]] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
 
 
@@ -53,8 +54,8 @@ class Transport(ABC):
     def publish(self, partition: int, fields: dict, entry_id: str | None = None) -> str: ...
 
     @abstractmethod
-    def backlog(self) -> tuple[int, int]:
-        """(undelivered, pending) entries summed over all partitions."""
+    def backlog(self, partitions: list[int] | None = None) -> tuple[int, int]:
+        """(undelivered, pending) entries summed over the given partitions (default: all)."""
 
     @abstractmethod
     def heartbeat(self, worker: str, ttl_ms: int) -> int:
@@ -105,6 +106,10 @@ class Transport(ABC):
     def dead_letters(self) -> list[dict]: ...
 
     @abstractmethod
+    def events(self) -> list[dict]:
+        """Every condition-change event written so far."""
+
+    @abstractmethod
     def counts(self) -> tuple[int, int]:
         """(result entries, dead letters) written so far."""
 
@@ -135,6 +140,7 @@ class MemoryTransport(Transport):
         self._state: list[dict[str, str]] = [{} for _ in range(partitions)]
         self._results: list[dict] = []
         self._dead: list[dict] = []
+        self._events: list[dict] = []
         self._run: dict[str, str] = {}
         self._ids = itertools.count(1)
 
@@ -146,10 +152,11 @@ class MemoryTransport(Transport):
             self._cond.notify_all()
             return entry_id
 
-    def backlog(self):
+    def backlog(self, partitions=None):
         with self._cond:
-            undelivered = sum(len(s) - c for s, c in zip(self._streams, self._cursor))
-            return undelivered, sum(len(p) for p in self._pending)
+            parts = range(self.partitions) if partitions is None else partitions
+            undelivered = sum(len(self._streams[p]) - self._cursor[p] for p in parts)
+            return undelivered, sum(len(self._pending[p]) for p in parts)
 
     def heartbeat(self, worker, ttl_ms):
         with self._cond:
@@ -220,6 +227,8 @@ class MemoryTransport(Transport):
                     if self._pending[partition].pop(entry_id, None) is not None:
                         target.append(dict(fields))
                         written += 1
+            if written:
+                self._events += [dict(f) for f in commit.events]
             self._state[partition].update(commit.state)
             self._cond.notify_all()
             return written
@@ -243,6 +252,10 @@ class MemoryTransport(Transport):
     def dead_letters(self):
         with self._cond:
             return list(self._dead)
+
+    def events(self):
+        with self._cond:
+            return list(self._events)
 
     def counts(self):
         with self._cond:

@@ -1,9 +1,11 @@
 """Wire format: one pydantic model per message kind, flat string fields, never pickle.
 
 A ``FrameMessage`` carries one frame as raw bytes (``shape``, ``dtype`` fields) or as
-PNG/JPEG, plus ``truth`` (label, domain, severity, position in its segment) that only the
-report (and the oracle arm) reads. A ``ResultMessage`` carries every arm's prediction for
-one frame. ``from_fields`` raises ``Malformed`` with a reason for anything it cannot trust:
+PNG/JPEG, and, from the scenario simulator only, ``truth`` (label, domain, severity,
+position in its segment) that only the report (and the oracle arm) reads; a camera's
+frames carry none. A ``ResultMessage`` carries the served arm's answer for one frame
+(class, confidence, the condition it normalised for) and every arm's predicted class; an
+``Event`` says that a camera's condition changed. ``from_fields`` raises ``Malformed`` with a reason for anything it cannot trust:
 a missing or unparsable field, a payload over the size limit, a truncated or undecodable
 payload, a wrong shape or dtype. The worker dead-letters such entries and goes on.
 """
@@ -63,12 +65,12 @@ class FrameMessage(BaseModel):
 
     camera: str
     seq: int = Field(ge=0)
-    t_pub: float
+    t_pub: float = Field(allow_inf_nan=False)  # a NaN would poison every latency figure downstream
     encoding: Literal["raw", "png", "jpeg"] = "raw"
     shape: tuple[int, int, int]
     dtype: Literal["uint8"] = "uint8"
     payload: bytes
-    truth: Truth = Field(default_factory=Truth)
+    truth: Truth | None = None
     _frame: np.ndarray | None = PrivateAttr(default=None)  # decoded once by from_fields
 
     @field_validator("camera")
@@ -98,13 +100,16 @@ class FrameMessage(BaseModel):
             Image.fromarray(frame).save(buf, format=encoding.upper(), **({"quality": 95} if encoding == "jpeg" else {}))
             payload = buf.getvalue()
         return cls(camera=camera, seq=seq, t_pub=t_pub, encoding=encoding, shape=frame.shape,
-                   payload=payload, truth=truth or Truth())
+                   payload=payload, truth=truth)
 
     def to_fields(self) -> dict[str, bytes | str]:
         """Flat Redis stream fields."""
-        return {"v": VERSION, "camera": self.camera, "seq": str(self.seq), "t_pub": repr(self.t_pub),
-                "encoding": self.encoding, "shape": ",".join(map(str, self.shape)), "dtype": self.dtype,
-                "truth": self.truth.model_dump_json(), "payload": self.payload}
+        fields = {"v": VERSION, "camera": self.camera, "seq": str(self.seq), "t_pub": repr(self.t_pub),
+                  "encoding": self.encoding, "shape": ",".join(map(str, self.shape)), "dtype": self.dtype,
+                  "payload": self.payload}
+        if self.truth is not None:
+            fields["truth"] = self.truth.model_dump_json()
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict, max_payload: int = MAX_PAYLOAD_BYTES) -> "FrameMessage":
@@ -118,10 +123,12 @@ class FrameMessage(BaseModel):
             shape = tuple(int(s) for s in _text(fields, "shape").split(","))
         except ValueError:
             raise Malformed(f"invalid field shape: {_text(fields, 'shape')[:40]!r} is not H,W,C") from None
-        try:
-            truth = Truth.model_validate_json(_text(fields, "truth"))
-        except ValidationError as exc:
-            raise Malformed(f"invalid field truth: {_first_error(exc)}") from None
+        truth = None
+        if "truth" in fields or b"truth" in fields:
+            try:
+                truth = Truth.model_validate_json(_text(fields, "truth"))
+            except ValidationError as exc:
+                raise Malformed(f"invalid field truth: {_first_error(exc)}") from None
         try:
             msg = cls(camera=_text(fields, "camera"), seq=int(_text(fields, "seq")), t_pub=float(_text(fields, "t_pub")),
                       encoding=_text(fields, "encoding"), shape=shape, dtype=_text(fields, "dtype"),
@@ -161,8 +168,17 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+_RESULT_SCALARS = ("camera", "seq", "frame_id", "worker", "t_pub", "t_done", "label", "class_name", "confidence",
+                   "condition", "severity", "detector_confidence")
+
+
 class ResultMessage(BaseModel):
-    """Every arm's prediction for one frame, with timing and the frame's truth."""
+    """One frame's result: the served (first) arm's answer, every arm's class, timing and the frame's truth.
+
+    ``condition`` is what the served arm normalised the frame for (a corruption, ``clean`` or
+    ``unknown``; None for arms that do not detect), ``severity`` its severity estimate and
+    ``detector_confidence`` the detector's probability of that condition for this frame.
+    """
 
     camera: str
     seq: int
@@ -170,25 +186,73 @@ class ResultMessage(BaseModel):
     worker: str
     t_pub: float
     t_done: float
-    truth: Truth
-    preds: dict[str, int]
+    label: int
+    class_name: str | None = None
+    confidence: float
+    condition: str | None = None
+    severity: int | None = None
+    detector_confidence: float | None = None
+    truth: Truth | None = None
+    preds: dict[str, int] = Field(default_factory=dict)
     detected: dict[str, str] = Field(default_factory=dict)
 
     def to_fields(self) -> dict[str, str]:
-        return {"v": VERSION, "camera": self.camera, "seq": str(self.seq), "frame_id": self.frame_id,
-                "worker": self.worker, "t_pub": repr(self.t_pub), "t_done": repr(self.t_done),
-                "truth": self.truth.model_dump_json(), "preds": json.dumps(self.preds),
-                "detected": json.dumps(self.detected)}
+        fields = {"v": VERSION, **{k: json.dumps(getattr(self, k)) for k in _RESULT_SCALARS},
+                  "preds": json.dumps(self.preds), "detected": json.dumps(self.detected)}
+        if self.truth is not None:
+            fields["truth"] = self.truth.model_dump_json()
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict) -> "ResultMessage":
         try:
-            return cls(camera=_text(fields, "camera"), seq=int(_text(fields, "seq")), frame_id=_text(fields, "frame_id"),
-                       worker=_text(fields, "worker"), t_pub=float(_text(fields, "t_pub")),
-                       t_done=float(_text(fields, "t_done")), truth=Truth.model_validate_json(_text(fields, "truth")),
-                       preds=json.loads(_text(fields, "preds")), detected=json.loads(_text(fields, "detected")))
+            values = {k: json.loads(_text(fields, k)) for k in _RESULT_SCALARS}
+            has_truth = "truth" in fields or b"truth" in fields
+            truth = Truth.model_validate_json(_text(fields, "truth")) if has_truth else None
+            return cls(**values, truth=truth, preds=json.loads(_text(fields, "preds")),
+                       detected=json.loads(_text(fields, "detected")))
         except (ValueError, ValidationError) as exc:
             raise Malformed(f"invalid result: {_first_error(exc)}") from None
+
+    def public(self) -> dict:
+        """The JSON line ``dynbn results`` prints: the answer, the condition and the publish-to-result latency
+        (clocks of the publishing and the serving machine; keep them synchronised, e.g. NTP)."""
+        out = {k: getattr(self, k) for k in ("camera", "seq", "label", "class_name", "confidence", "condition",
+                                             "severity", "detector_confidence")}
+        out["latency_ms"] = round((self.t_done - self.t_pub) * 1000, 3)
+        out.update(t_pub=self.t_pub, t_done=self.t_done, worker=self.worker, frame_id=self.frame_id)
+        if len(self.preds) > 1:
+            out["preds"] = self.preds
+        return out
+
+
+class Event(BaseModel):
+    """A camera's condition changed at frame ``seq``: ``from_`` -> ``to`` (say clean -> fog), at ``time``."""
+
+    camera: str
+    seq: int
+    from_: str = Field(alias="from")
+    to: str
+    severity: int | None = None
+    confidence: float | None = None
+    time: float
+
+    model_config = {"populate_by_name": True}
+
+    def to_fields(self) -> dict[str, str]:
+        return {"v": VERSION, **{k: json.dumps(v) for k, v in self.public().items()}}
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "Event":
+        try:
+            return cls(**{k: json.loads(_text(fields, k)) for k in ("camera", "seq", "from", "to", "severity",
+                                                                   "confidence", "time")})
+        except (ValueError, ValidationError) as exc:
+            raise Malformed(f"invalid event: {_first_error(exc)}") from None
+
+    def public(self) -> dict:
+        """The JSON line ``dynbn events`` prints."""
+        return self.model_dump(by_alias=True)
 
 
 def dead_fields(reason: str, stream: str, entry_id: str, fields: dict, worker: str) -> dict[str, str]:

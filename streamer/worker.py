@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from dynbn.data import CLASSES
+
 from .allocator import keep_freed_memory
 from .arms import build_arms, input_shape
 from .artifacts import load_or_fit
@@ -37,10 +39,11 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
-    transport = RedisTransport(connect(s.redis_url, 0, s.redis_ca), Keys(s.prefix), scn.partitions)
+    transport = RedisTransport(retrying(lambda: connect(s.redis_url, 0, s.redis_ca), "connect"), Keys(s.prefix),
+                               scn.partitions)
     worker = Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=s.name,
                     lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload, device=device,
-                    input_shape=input_shape(model))
+                    input_shape=input_shape(model), class_names=list(CLASSES))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
     worker.warm_up()

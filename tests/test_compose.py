@@ -23,11 +23,14 @@ def compose_binary() -> str | None:
     return str(local) if local.is_file() else shutil.which("docker-compose")
 
 
-def config() -> dict:
+def config(*profiles: str) -> dict:
     binary = compose_binary()
     if binary is None:
-        return yaml.safe_load((ROOT / "compose.yaml").read_text())
-    out = subprocess.run([binary, "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+        raw = yaml.safe_load((ROOT / "compose.yaml").read_text())
+        raw["services"] = {k: v for k, v in raw["services"].items() if set(v.get("profiles", [])) <= set(profiles)}
+        return raw
+    flags = [x for p in profiles for x in ("--profile", p)]
+    out = subprocess.run([binary, "-f", str(ROOT / "compose.yaml"), *flags, "config", "--format", "json"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -46,6 +49,17 @@ def test_compose_file_is_valid_and_wires_the_services():
         assert env["REDIS_URL"].startswith("redis://redis:6379")
         assert "redis" in services[name]["depends_on"]
     assert services["worker"]["environment"]["STREAMER_SCENARIO"] == "default"
+
+
+def test_the_serve_profile_fits_a_bundle_once_and_serves_it():
+    services = config("serve")["services"]
+    assert {"bundle", "serve", "demo-camera"} <= set(services)
+    serve = services["serve"]
+    assert serve["command"][:3] == ["dynbn", "serve", "--bundle"] and serve["deploy"]["replicas"] == 2
+    assert serve["depends_on"]["bundle"]["condition"] == "service_completed_successfully"
+    assert serve["stop_signal"] == "SIGTERM" and serve["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+    assert "dynbn fit" in " ".join(services["bundle"]["command"])
+    assert "dynbn publish" in " ".join(services["demo-camera"]["command"])
 
 
 def test_the_compose_check_ran_with_the_real_binary_when_installed():

@@ -11,7 +11,7 @@ import redis
 from redis_server import RedisServer
 
 from streamer.keys import Keys, partition_of
-from streamer.redis_transport import RedisTransport, connect
+from streamer.redis_transport import RedisTransport, client, connect
 from streamer.transport import Commit, MemoryTransport
 
 
@@ -110,10 +110,10 @@ def test_partition_of_is_stable():
 
 
 def test_redis_urls_with_password_and_tls():
-    plain = connect("redis://:s3cret@127.0.0.1:6390/2")
+    plain = client("redis://:s3cret@127.0.0.1:6390/2")
     kw = plain.connection_pool.connection_kwargs
     assert kw["password"] == "s3cret" and kw["db"] == 2
-    tls = connect("rediss://user:pw@example.invalid:6380/0", ca_certs="/tmp/ca.pem")
+    tls = client("rediss://user:pw@example.invalid:6380/0", ca_certs="/tmp/ca.pem")
     assert tls.connection_pool.connection_class.__name__ == "SSLConnection"
     assert tls.connection_pool.connection_kwargs["ssl_ca_certs"] == "/tmp/ca.pem"
 

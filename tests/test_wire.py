@@ -74,8 +74,26 @@ def test_any_corrupted_field_is_malformed_or_valid(key, value):
 
 
 def test_result_round_trip_and_dead_letter_summary():
-    r = ResultMessage(camera="cam01", seq=3, frame_id="1-0", worker="w", t_pub=1.0, t_done=1.5,
+    r = ResultMessage(camera="cam01", seq=3, frame_id="1-0", worker="w", t_pub=1.0, t_done=1.5, label=4,
+                      class_name="deer", confidence=0.75, condition="fog", severity=4, detector_confidence=0.5,
                       truth=Truth(label=2), preds={"source": 2, "dynbn_vote": 4}, detected={"dynbn_vote": "fog"})
     assert ResultMessage.from_fields({k.encode(): v.encode() for k, v in r.to_fields().items()}) == r
+    line = r.public()
+    assert line["latency_ms"] == 500.0 and (line["label"], line["class_name"], line["condition"]) == (4, "deer", "fog")
+    # a camera's frame has no truth and its result none either; a non-detecting arm leaves the condition empty
+    bare = r.model_copy(update={"truth": None, "condition": None, "severity": None, "detector_confidence": None})
+    assert "truth" not in bare.to_fields() and ResultMessage.from_fields(bare.to_fields()) == bare
+
+
+@pytest.mark.parametrize("t_pub", ["nan", "inf", "-inf"])
+def test_non_finite_publish_time_is_malformed(t_pub):
+    with pytest.raises(Malformed, match="t_pub"):
+        FrameMessage.from_fields(fields(t_pub=t_pub))
+
+
+def test_frame_without_truth_round_trips():
+    msg = FrameMessage.from_frame("c1", 0, np.zeros((32, 32, 3), np.uint8), 1.0)
+    f = msg.to_fields()
+    assert "truth" not in f and FrameMessage.from_fields(f).truth is None
     dead = dead_fields("because", "0", "1-0", fields(), "w")
     assert dead["reason"] == "because" and '"payload_bytes": 3072' in dead["fields"]

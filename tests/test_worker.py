@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from streaming import one_torch_thread, arms_for, artifacts_root, tiny
 
@@ -16,7 +17,7 @@ from simulator.strategies import scenarios
 from streamer.consumer import Worker
 from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
-from streamer.wire import FrameMessage
+from streamer.wire import Event, FrameMessage
 
 __all__ = ["one_torch_thread"]  # autouse fixture
 
@@ -67,7 +68,7 @@ def test_malformed_and_poison_entries_are_dead_lettered(env):
     good = FrameMessage.from_frame("cam00", 99, env["source"].take(0, 0, 1)[0][0], time.time()).to_fields()
     t.publish(0, {**good, "shape": "32,32,1"})
     t.publish(0, {**good, "payload": good["payload"][:10]})
-    t.publish(0, {k: v for k, v in good.items() if k != "truth"})
+    t.publish(0, {**good, "truth": "{not json"})
     t.publish(0, {**good, "payload": FrameMessage.from_frame("cam00", 1, env["source"].take(0, 0, 1)[0][0].repeat(2, 0).repeat(2, 1), 0.0).payload, "shape": "64,64,3"})
     t.publish(1, good)
     for _ in range(3):  # three workers died on it: the next claim is its fourth delivery
@@ -75,7 +76,7 @@ def test_malformed_and_poison_entries_are_dead_lettered(env):
     t, w = run(scn, env, transport=t, max_deliveries=3)
     reasons = sorted(d["reason"] for d in t.dead_letters())
     assert len(reasons) == 5 and len(t.results()) == 4
-    for needle in ("shape (32, 32, 1)", "raw payload has 10 bytes", "missing field 'truth'",
+    for needle in ("shape (32, 32, 1)", "raw payload has 10 bytes", "invalid field truth",
                    "the model takes (32, 32, 3)", "delivered 4 times"):
         assert any(needle in r for r in reasons), (needle, reasons)
 
@@ -124,3 +125,59 @@ def test_predictions_do_not_depend_on_batch_composition(env, scn):
     one = preds(run(scn, env, batch=1)[0])
     assert len(one) == scn.total_frames
     assert preds(run(scn, env)[0]) == one
+
+
+class Exploding:
+    """An arm that raises on its second batch (a bug, a bad input it cannot handle)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x, cameras=None, truth=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("kaboom")
+        return torch.zeros(len(x), 10)
+
+    def reset(self) -> None:
+        pass
+
+    def last_conditions(self):
+        return None
+
+
+def test_an_arm_that_raises_dead_letters_its_batch_and_the_worker_goes_on(env):
+    scn = tiny(cameras=1, frames_per_camera=48, partitions=1)
+    t = MemoryTransport(1)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    w = Worker(t, {"exploding": Exploding()}, batch_size=16, max_wait_ms=20, input_shape=(32, 32, 3))
+    w.startup()
+    w.run(until_done=True)
+    w.shutdown()
+    dead = t.dead_letters()
+    assert len(dead) == 16 and len(t.results()) == 32 and w.counters["arm_errors"] == 1
+    assert all("arm exploding failed: RuntimeError: kaboom" in d["reason"] for d in dead)
+
+
+def test_events_match_condition_changes_also_across_a_handover(env):
+    """Every change of the served arm's condition in a camera's results is one event, none else; a worker
+    that takes the cameras over mid-stream announces nothing twice and misses nothing."""
+    scn = tiny(cameras=2, frames_per_camera=48, partitions=1, arms=["dynbn_vote", "source"])
+    t = MemoryTransport(1)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    first = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=16, max_wait_ms=20, lease_ms=300)
+    first.startup()
+    first._balance()
+    first._process(first._take_batch())   # 16 frames, then the worker vanishes without releasing
+    first.stop.set()
+    second = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=16, max_wait_ms=20, lease_ms=300)
+    second.startup()
+    second.run(until_done=True)
+    second.shutdown()
+    results = sorted(parse_results(t.results()), key=lambda r: (r.camera, r.seq))
+    assert len(results) == 96 and all(r.condition is not None for r in results)
+    changes = sorted((a.camera, b.seq, a.condition, b.condition) for a, b in zip(results, results[1:])
+                     if a.camera == b.camera and a.condition != b.condition)
+    events = sorted((e["camera"], e["seq"], e["from"], e["to"]) for e in map(Event.from_fields, t.events())
+                    for e in [e.public()])
+    assert events == changes and len(changes) >= 4  # the schedule shifts every 8 frames

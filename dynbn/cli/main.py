@@ -11,12 +11,11 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import data
+from ..bundle import fit_bundle
 from ..experiments.report import reproduce_markdown
 from ..experiments.reproduce import ReproduceConfig, reproduce
-from ..fitting import FitConfig, build
-from ..models import build_model
-from . import scenario, stream, studies
-from .common import add_common, command_line, say, write_report
+from . import scenario, serve, stream, studies
+from .common import add_common, command_line, fail, say, write_report
 
 
 def cmd_data(args) -> int:
@@ -31,17 +30,32 @@ def cmd_data(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    cfg = FitConfig.quick(args.seed) if args.quick else FitConfig(seed=args.seed)
-    cfg.detector.seed = args.seed
-    model = build_model(args.model, args.data_dir)
-    train = data.load_cifar10("train", args.data_dir)
-    detector, tables, timings = build(model, train, cfg, data.frost_dir(args.data_dir), log=say)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    detector.save(out / "detector.safetensors")
-    tables[cfg.table_images].save(out / f"bn_table-{args.model}.safetensors")
-    print(f"wrote {out}/detector.safetensors and {out}/bn_table-{args.model}.safetensors ({timings})")
+    """Fit a bundle (model, detector, BN table, manifest) into --out; bad inputs -> `error: ...`, exit 2."""
+    start = time.perf_counter()
+    try:
+        classes = _read_classes(args.classes) if args.classes else None
+        bundle = fit_bundle(args.model, args.out, weights=args.weights, images=args.images, quick=args.quick,
+                            seed=args.seed, data_dir=args.data_dir, input_size=args.size, class_names=classes, log=say)
+    except (ValueError, data.DataError) as exc:  # BundleError and WeightsError are ValueErrors
+        return fail(str(exc))
+    r, fit = bundle.manifest["fit_results"], bundle.manifest["fit"]
+    held_out = "" if "clean_bias" not in r else (
+        f"; held-out {'accuracy' if fit['labels'] == 'given' else 'agreement with clean predictions'}: "
+        f"clean {r['held_out_clean_accuracy']:.3f}, corrupted {r['held_out_corrupted_accuracy']:.3f}, "
+        f"clean bias {r['clean_bias']:.2f}")
+    print(f"wrote bundle {args.out}: {bundle.model_spec}, {len(bundle.domains)} domains, {fit['images']} images "
+          f"({fit['origin']}){held_out}; open-set threshold {r['open_set_threshold']:.1f}; "
+          f"{time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _read_classes(path: str) -> list[str]:
+    """Class names from a text file, one a line (blank lines skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--classes {path}: cannot read it ({exc}); give a text file with one class name a line") from exc
+    return [line.strip() for line in lines if line.strip()]
 
 
 def cmd_reproduce(args) -> int:
@@ -72,11 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("fit", help="train the detector and calibrate the BN table; save both")
+    p = sub.add_parser("fit", help="fit a bundle: the model, its corruption detector and BN table, and a manifest")
     add_common(p)
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--model", default="resnet20", help="resnet20/32/44/56 or tv:NAME (torchvision; default resnet20)")
+    p.add_argument("--weights", default=None,
+                   help="state dict file for --model (.safetensors or torch.save; default: the shipped checkpoint)")
+    p.add_argument("--images", default=None,
+                   help="fit on these images: a folder or an .npz with 'images' (and 'labels'); default CIFAR-10 train")
+    p.add_argument("--size", type=int, default=None, help="input size the model sees, in pixels (default 32)")
+    p.add_argument("--classes", default=None, help="text file with the class names, one a line")
     p.add_argument("--quick", action="store_true", help="small training sets (about a minute, lower accuracy)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="bundle folder to write (new, empty, or an earlier bundle)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("reproduce", help="the paper's table: source / dynbn / oracle / bn_adapt per corruption")
@@ -90,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.register(sub)
     studies.register(sub)
     scenario.register(sub)
+    serve.register(sub)
     return parser
 
 

@@ -9,12 +9,14 @@ A method wraps one classifier (taking [0, 1] frames) and is called as
 
 ``reset()`` returns the method to the state it was built in. Methods that change the
 model (BN statistics, affine parameters) restore it in ``reset()``; arms sharing one model
-object must be run one at a time, with ``reset()`` in between.
+object must be run one at a time, with ``reset()`` in between. Detecting methods also say
+what they took each frame to be (``last_conditions()``: domain, severity, confidence).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +40,20 @@ class Method:
 
     def reset(self) -> None:
         """Back to the state right after construction (no-op for stateless methods)."""
+
+    def last_conditions(self) -> list[Condition] | None:
+        """What the method took each frame of the last batch to be (None for methods that do not detect)."""
+        return None
+
+
+class Condition(NamedTuple):
+    """A frame's condition as a detecting method used it: the domain (a corruption, ``clean`` or
+    ``unknown``), the severity estimate (None where none is made) and the detector's probability of
+    that domain for the frame (None where there is no such probability)."""
+
+    domain: str
+    severity: int | None
+    confidence: float | None
 
 
 def cameras_or_default(cameras: Sequence | None, n: int) -> list:

@@ -18,7 +18,7 @@ from ..bn.per_sample import DomainSwitch, FlatBN, affine, apply_rows, flat_bn, p
 from ..bn.table import BNTable, bn_layers
 from ..detector import Detector
 from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
-from .base import Method, cameras_or_default
+from .base import Condition, Method, cameras_or_default
 
 
 class DynBNOracle(Method):
@@ -50,16 +50,25 @@ class DynBNFrame(Method):
         self.detector = detector.eval()
         self.switch = DomainSwitch(model, table, detector.domains)
         self.last_detected: torch.Tensor | None = None
+        self.last_confidence: torch.Tensor | None = None
 
     @torch.no_grad()
     def detect(self, x: torch.Tensor) -> torch.Tensor:
         """Detected domain index per frame (indices into ``detector.domains``)."""
-        return self.detector(x).argmax(dim=1)
+        probs = self.detector(x).softmax(dim=1)
+        self.last_confidence, index = probs.max(dim=1)
+        return index
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         self.last_detected = self.detect(x)
         return self.switch.forward(x, self.last_detected)
+
+    def last_conditions(self) -> list[Condition] | None:
+        if self.last_detected is None:
+            return None
+        names = self.detector.domains
+        return [Condition(names[int(i)], None, float(p)) for i, p in zip(self.last_detected, self.last_confidence)]
 
 
 # Weight of a corruption's own entry (severities mixed) in the statistics of a frame of that corruption
@@ -134,6 +143,7 @@ class DynBNVote(Method):
         self.stats = {name: table.stacked(name, rows) for name in self.layers}  # R x C each
         self.last_index: torch.Tensor | None = None
         self.last_levels: torch.Tensor | None = None  # B x (1 + S) weights of the last batch (severity only)
+        self.last_confidence: np.ndarray | None = None  # B: the detector's probability of each frame's active domain
 
     @staticmethod
     def _use_severity(table: BNTable, detector: Detector, wanted: bool | None) -> bool:
@@ -159,14 +169,36 @@ class DynBNVote(Method):
         self.votes.reset()
         self.last_index = None
         self.last_levels = None
+        self.last_confidence = None
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         cams = cameras_or_default(cameras, len(x))
         logits, _, logp = self.detector.read(x, severity=self.severity)
-        active = self.votes.update(cams, logits.softmax(dim=1).double().cpu().numpy())
+        active = self.vote(cams, logits)
         self.last_index = torch.from_numpy(active)
         return self.voted_forward(x, cams, active, self.level_weights(cams, active, logp))
+
+    def vote(self, cams: list, logits: torch.Tensor) -> np.ndarray:
+        """Each frame's active domain index after its camera's vote; keeps each frame's detector probability
+        of that domain (``last_confidence``)."""
+        probs = logits.softmax(dim=1).double().cpu().numpy()
+        active = self.votes.update(cams, probs)
+        self.last_confidence = probs[np.arange(len(active)), active]
+        return active
+
+    def last_conditions(self) -> list[Condition] | None:
+        """Each frame's active domain, its camera's severity estimate (the most probable severity; None for
+        clean and without a severity head) and the detector's probability of that domain for the frame."""
+        if self.last_index is None:
+            return None
+        names = list(self.detector.domains) + ["unknown"]  # index D: dynbn_open's unknown frames
+        severity: list[int | None] = [None] * len(self.last_index)
+        if self.last_levels is not None:
+            estimate = self.last_levels[:, 1:]  # B x S, zero for frames normalised by one row
+            for b in torch.nonzero(estimate.sum(1) > 0).flatten().tolist():
+                severity[b] = int(self.detector.severities[int(estimate[b].argmax())])
+        return [Condition(names[int(i)], s, float(c)) for i, s, c in zip(self.last_index, severity, self.last_confidence)]
 
     def level_weights(self, cams: list, active: np.ndarray, logp: torch.Tensor | None,
                       single: np.ndarray | None = None) -> torch.Tensor | None:

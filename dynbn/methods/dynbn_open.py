@@ -144,7 +144,7 @@ class DynBNOpen(DynBNPrior):
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         cams = cameras_or_default(cameras, len(x))
         logits, distance, logp = self.detector.read(x, distance=True, severity=self.severity)
-        active = self.votes.update(cams, logits.softmax(dim=1).double().cpu().numpy())
+        active = self.vote(cams, logits)
         distance = distance.double().cpu().numpy()
         unknown = distance > float(self.detector.ood_threshold)
         weights = self.level_weights(cams, active, logp, single=unknown)  # unknown frames: their one row

@@ -16,7 +16,7 @@ import torch
 from ..bn.per_sample import DomainSwitch
 from ..bn.table import BNTable
 from ..detector import Detector
-from .base import Method
+from .base import Condition, Method
 
 
 class DynBNSoft(Method):
@@ -34,9 +34,17 @@ class DynBNSoft(Method):
         self.detector, self.temperature = detector.eval(), float(temperature)
         self.switch = DomainSwitch(model, table, detector.domains)
         self.last_index: torch.Tensor | None = None
+        self.last_confidence: torch.Tensor | None = None
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
         probs = (self.detector(x) / self.temperature).softmax(dim=1)
-        self.last_index = probs.argmax(dim=1).cpu()
+        confidence, index = probs.max(dim=1)
+        self.last_index, self.last_confidence = index.cpu(), confidence.cpu()
         return self.switch.forward(x, weights=probs)
+
+    def last_conditions(self) -> list[Condition] | None:
+        if self.last_index is None:
+            return None
+        names = self.detector.domains
+        return [Condition(names[int(i)], None, float(p)) for i, p in zip(self.last_index, self.last_confidence)]

@@ -1,0 +1,110 @@
+"""``dynbn serve``: a long-running worker for a fitted bundle, serving whatever cameras publish.
+
+No scenario and no truth: the worker loads a bundle (``dynbn fit``), builds one arm
+(``dynbn_vote`` unless told otherwise) and consumes the deployment's partitions with the
+same ``streamer.consumer.Worker`` as the scenario service (leases, hand-over, dead letters,
+backoff), until SIGTERM or SIGINT: it then finishes and commits the batch in hand,
+releases its partitions and exits 0. Several serve processes, on one machine or several,
+share the partitions. Settings: ``ServeSettings`` (``STREAMER_`` environment variables,
+``REDIS_URL``), overridden by the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dynbn.bundle import load_bundle
+
+from .allocator import keep_freed_memory
+from .arms import available, build_arms, input_shape
+from .client import agree_partitions
+from .completion import retrying
+from .consumer import Worker
+from .keys import DEFAULT_PREFIX, Keys
+from .redis_transport import RedisTransport, connect
+from .settings import REDIS_URL
+from .wire import MAX_PAYLOAD_BYTES
+
+log = logging.getLogger("streamer")
+NEEDS_TRUTH = ("dynbn_oracle",)  # arms that read the true corruption, which a camera's frames do not carry
+
+
+class ServeSettings(BaseSettings):
+    """``dynbn serve``: one bundle, one arm, the deployment under ``prefix``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMER_")
+
+    bundle: str
+    redis_url: str = REDIS_URL
+    redis_ca: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    arm: str = "dynbn_vote"
+    device: str = "auto"
+    batch: int = Field(64, ge=1, le=4096)
+    max_wait_ms: int = Field(20, ge=0, le=60_000)
+    partitions: int | None = Field(None, ge=1, le=1024, description="None: the deployment's (8 for a new one)")
+    retention: int = Field(100_000, ge=0, description="results/events kept per partition, about (0: all)")
+    name: str | None = None
+    lease_ms: int = Field(5000, ge=200)
+    max_deliveries: int = Field(5, ge=1)
+    max_payload: int = Field(MAX_PAYLOAD_BYTES, ge=1024)
+    threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` (the first CUDA device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ValueError otherwise."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: torch sees no CUDA device here (use --device cpu or auto)")
+        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return spec
+    raise ValueError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def build_worker(s: ServeSettings) -> Worker:
+    """Load the bundle, build the arm, connect and agree on the partitions; errors name what is wrong."""
+    if s.arm not in available():
+        raise ValueError(f"--arm {s.arm!r}: unknown; available: {', '.join(available())}")
+    if s.arm in NEEDS_TRUTH:
+        raise ValueError(f"--arm {s.arm}: it reads each frame's true corruption, which camera frames do not carry")
+    device = resolve_device(s.device)
+    bundle = load_bundle(s.bundle)
+    arms = build_arms([s.arm], bundle.model, bundle.table, bundle.detector, {}, device)
+    r = retrying(lambda: connect(s.redis_url, 0, s.redis_ca), "connect")
+    keys = Keys(s.prefix)
+    partitions = retrying(lambda: agree_partitions(r, keys, s.partitions), "partitions")
+    r.hset(keys.service, mapping={"arm": s.arm, "bundle": f"{bundle.model_spec}@{bundle.manifest['files']['bn_table.safetensors'][:12]}",
+                                  "classes": ",".join(bundle.class_names)})
+    transport = RedisTransport(r, keys, partitions, retention=s.retention)
+    return Worker(transport, arms, batch_size=s.batch, max_wait_ms=s.max_wait_ms, name=s.name, lease_ms=s.lease_ms,
+                  max_deliveries=s.max_deliveries, max_payload=s.max_payload, device=device,
+                  input_shape=input_shape(bundle.model), class_names=bundle.class_names)
+
+
+def serve(s: ServeSettings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain."""
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    keep_freed_memory()
+    worker = build_worker(s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    worker.warm_up()
+    retrying(worker.startup, "worker startup")
+    log.info("serving %s with %s on %s: %d partitions, batch %d, max wait %d ms, torch threads %d", s.bundle, s.arm,
+             worker.device, worker.t.partitions, s.batch, s.max_wait_ms, torch.get_num_threads())
+    try:
+        worker.run()
+    finally:
+        worker.shutdown()
+    return 0
