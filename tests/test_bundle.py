@@ -238,3 +238,11 @@ def test_small_sets_hold_out_a_fifth_and_cifar_keeps_its_rows(train_split):
     assert (draw(a, 1000, 400) == b.choice(1000, 400, replace=False)).all()
     many = draw(a, 50, 120)  # more than there are: every row two or three times
     assert np.bincount(many, minlength=50).min() >= 2 and np.bincount(many).max() <= 3
+
+
+def test_cli_fit_domains_are_checked_before_any_fitting(tmp_path, capsys, data_dir):
+    assert cli.main(["fit", "--domains", "clean,nosuch", "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch unknown" in err and "gaussian_noise" in err
+    assert cli.main(["fit", "--domains", "clean", "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)]) == 2
+    assert not (tmp_path / "b" / "manifest.json").exists()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .. import data
+from .. import corruptions, data
 from ..bundle import fit_bundle
+from ..domains import CLEAN
+from ..fitting import FitConfig
 from ..experiments.report import reproduce_markdown
 from ..experiments.reproduce import ReproduceConfig, reproduce
 from . import scenario, serve, stream, studies
@@ -34,8 +36,10 @@ def cmd_fit(args) -> int:
     start = time.perf_counter()
     try:
         classes = _read_classes(args.classes) if args.classes else None
+        config = _fit_config(args.domains, args.quick, args.seed) if args.domains else None
         bundle = fit_bundle(args.model, args.out, weights=args.weights, images=args.images, quick=args.quick,
-                            seed=args.seed, data_dir=args.data_dir, input_size=args.size, class_names=classes, log=say)
+                            seed=args.seed, data_dir=args.data_dir, input_size=args.size, class_names=classes,
+                            config=config, log=say)
     except (ValueError, data.DataError) as exc:  # BundleError and WeightsError are ValueErrors
         return fail(str(exc))
     r, fit = bundle.manifest["fit_results"], bundle.manifest["fit"]
@@ -47,6 +51,19 @@ def cmd_fit(args) -> int:
           f"({fit['origin']}){held_out}; open-set threshold {r['open_set_threshold']:.1f}; "
           f"{time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _fit_config(domains: str, quick: bool, seed: int) -> FitConfig:
+    """The quick or full recipe over the domains named in ``--domains`` (clean first when named)."""
+    names = [d.strip() for d in domains.split(",") if d.strip()]
+    bad = [d for d in names if d != CLEAN and d not in corruptions.ALL]
+    if bad or len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"--domains {domains!r}: give two or more distinct names from {CLEAN}, "
+                         f"{', '.join(corruptions.ALL)}" + (f" ({', '.join(bad)} unknown)" if bad else ""))
+    config = FitConfig.quick(seed) if quick else FitConfig(seed=seed)
+    config.detector.seed = seed
+    config.domains = tuple(sorted(names, key=lambda d: d != CLEAN))
+    return config
 
 
 def _read_classes(path: str) -> list[str]:
@@ -95,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit on these images: a folder or an .npz with 'images' (and 'labels'); default CIFAR-10 train")
     p.add_argument("--size", type=int, default=None, help="input size the model sees, in pixels (default 32)")
     p.add_argument("--classes", default=None, help="text file with the class names, one a line")
+    p.add_argument("--domains", default=None, help="comma-separated domains to fit (default: clean and the 15 "
+                                                   "benchmark corruptions; frost needs an input size <= 62)")
     p.add_argument("--quick", action="store_true", help="small training sets (about a minute, lower accuracy)")
     p.add_argument("--out", required=True, help="bundle folder to write (new, empty, or an earlier bundle)")
     p.set_defaults(func=cmd_fit)
