@@ -28,6 +28,13 @@ class RedisCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start(self) -> "RedisCluster":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
+
+    def _start(self) -> "RedisCluster":
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise RuntimeError("redis-server and redis-cli must be installed (apt-get install redis-server)")
@@ -65,5 +72,8 @@ class RedisCluster:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         self.procs = []
