@@ -1,4 +1,5 @@
-# One image for every service of compose.yaml (simulator, worker, report); CPU torch.
+# One image for every service of compose.yaml (simulator, worker, report, bundle, serve, demo-camera); CPU torch.
+# /bundles exists, owned by the app user, so the named volume compose mounts there is writable by `dynbn fit`.
 # The data directory (cifar10/, frost/, models/) is mounted at /data, never baked in.
 FROM python:3.11-slim
 
@@ -21,7 +22,7 @@ COPY scenarios ./scenarios
 # editable: scenarios/ is found next to the packages
 RUN pip install --no-deps -e . \
  && useradd --create-home --uid 1000 dynbn \
- && mkdir -p /artifacts /out && chown dynbn /artifacts /out
+ && mkdir -p /artifacts /out /bundles && chown dynbn /artifacts /out /bundles
 USER dynbn
 
 CMD ["dynbn", "scenario", "run", "--out", "/out"]

@@ -60,6 +60,8 @@ def test_the_serve_profile_fits_a_bundle_once_and_serves_it():
     assert serve["stop_signal"] == "SIGTERM" and serve["environment"]["REDIS_URL"].startswith("redis://redis:6379")
     assert "dynbn fit" in " ".join(services["bundle"]["command"])
     assert "dynbn publish" in " ".join(services["demo-camera"]["command"])
+    # a fresh named volume takes the image folder's owner: the bundle folder must belong to the app user
+    assert "chown dynbn /artifacts /out /bundles" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_compose_check_ran_with_the_real_binary_when_installed():
