@@ -108,13 +108,12 @@ def load_cifar_resnet(depth: int = 20, root: str | os.PathLike | None = None) ->
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a dict with 'state_dict', got {type(blob).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    net = CifarResNet(CIFAR_DEPTHS[depth])
+    model = architecture(f"resnet{depth}")
     try:
-        net.load_state_dict(state, strict=True)
+        model.net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise DataError(f"{path} does not fit ResNet-{depth}: {exc}") from exc
-    # channels-last convolutions run about 25 % faster on CPU (bench/model_speed.py)
-    return Normalized(net.to(memory_format=torch.channels_last), spec=f"resnet{depth}").eval()
+    return model
 
 
 def torchvision_model(name: str, num_classes: int = 10, seed: int = 0, input_size: int = 32) -> Normalized:

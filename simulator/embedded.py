@@ -21,6 +21,7 @@ from streamer.artifacts import load_or_fit
 from streamer.completion import run_complete
 from streamer.consumer import Worker
 from streamer.keys import Keys
+from streamer.lifecycle import resolve_device
 from streamer.redis_transport import RedisTransport, connect
 from streamer.scenario import Scenario
 from streamer.summary import parse_results, summarize, table, write
@@ -43,7 +44,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device()
     pool = [_worker(transport, scn, model, table_, detector, device, f"embedded-{i}") for i in range(workers)]
     source = make_source(scn, data_dir, artifacts, model)
     # a few batches in flight per worker keep workers busy without queueing the whole run

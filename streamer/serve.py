@@ -12,26 +12,26 @@ share the partitions. Settings: ``ServeSettings`` (``STREAMER_`` environment var
 from __future__ import annotations
 
 import logging
-import signal
 
 import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dynbn.bundle import load_bundle
+from dynbn.methods.registry import CLASSES
 
 from .allocator import keep_freed_memory
 from .arms import available, build_arms, input_shape
 from .client import agree_partitions
 from .completion import retrying
 from .consumer import Worker
+from .lifecycle import resolve_device, run_worker
 from .keys import DEFAULT_PREFIX, Keys
 from .redis_transport import RedisTransport, connect
 from .settings import REDIS_URL
 from .wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("streamer")
-NEEDS_TRUTH = ("dynbn_oracle",)  # arms that read the true corruption, which a camera's frames do not carry
 
 
 class ServeSettings(BaseSettings):
@@ -56,26 +56,11 @@ class ServeSettings(BaseSettings):
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
 
 
-def resolve_device(spec: str) -> str:
-    """``auto`` (the first CUDA device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ValueError otherwise."""
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return spec
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: torch sees no CUDA device here (use --device cpu or auto)")
-        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return spec
-    raise ValueError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
-
-
 def build_worker(s: ServeSettings) -> Worker:
     """Load the bundle, build the arm, connect and agree on the partitions; errors name what is wrong."""
     if s.arm not in available():
         raise ValueError(f"--arm {s.arm!r}: unknown; available: {', '.join(available())}")
-    if s.arm in NEEDS_TRUTH:
+    if CLASSES[s.arm].needs_truth:
         raise ValueError(f"--arm {s.arm}: it reads each frame's true corruption, which camera frames do not carry")
     device = resolve_device(s.device)
     bundle = load_bundle(s.bundle)
@@ -97,14 +82,5 @@ def serve(s: ServeSettings) -> int:
         torch.set_num_threads(s.threads)
     keep_freed_memory()
     worker = build_worker(s)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
-    worker.warm_up()
-    retrying(worker.startup, "worker startup")
-    log.info("serving %s with %s on %s: %d partitions, batch %d, max wait %d ms, torch threads %d", s.bundle, s.arm,
-             worker.device, worker.t.partitions, s.batch, s.max_wait_ms, torch.get_num_threads())
-    try:
-        worker.run()
-    finally:
-        worker.shutdown()
-    return 0
+    log.info("serving %s with %s (max wait %d ms)", s.bundle, s.arm, s.max_wait_ms)
+    return run_worker(worker)

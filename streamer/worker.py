@@ -7,7 +7,6 @@ the consume loop itself is ``streamer.consumer.Worker``.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 import torch
@@ -19,6 +18,7 @@ from .arms import build_arms, input_shape
 from .artifacts import load_or_fit
 from .completion import retrying
 from .consumer import Worker
+from .lifecycle import resolve_device, run_worker
 from .keys import Keys
 from .redis_transport import RedisTransport, connect
 from .scenario import load, resolve
@@ -36,7 +36,7 @@ def main() -> int:
     if s.keep_freed_memory:
         keep_freed_memory()
     scn = load(resolve(s.scenario))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device()
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     transport = RedisTransport(retrying(lambda: connect(s.redis_url, 0, s.redis_ca), "connect"), Keys(s.prefix),
@@ -44,18 +44,7 @@ def main() -> int:
     worker = Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=s.name,
                     lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload, device=device,
                     input_shape=input_shape(model), class_names=list(CLASSES))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
-    worker.warm_up()
-    retrying(worker.startup, "worker startup")
-    log.info("worker %s ready on %s (arms %s, batch %d, torch threads %d)", worker.name, device,
-             ",".join(arms), scn.batch.size, torch.get_num_threads())
-    try:
-        worker.run(until_done=s.exit_when_done)
-    finally:
-        worker.shutdown()
-    return 0
-
+    return run_worker(worker, until_done=s.exit_when_done)
 
 if __name__ == "__main__":
     sys.exit(main())

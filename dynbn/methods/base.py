@@ -28,6 +28,7 @@ class Method:
     """Base class: subclasses implement ``forward``; ``__call__`` forwards to it."""
 
     name = "method"
+    needs_truth = False  # True: forward reads each frame's true domain (oracles), which only simulations have
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()

@@ -25,6 +25,7 @@ class DynBNOracle(Method):
     """Per-sample statistics of the true domain (reads ``truth``)."""
 
     name = "dynbn_oracle"
+    needs_truth = True
 
     def __init__(self, model, table: BNTable) -> None:
         super().__init__(model)

@@ -1,0 +1,47 @@
+"""What every worker process does around ``Worker.run``: pick the device, then serve until a signal.
+
+Shared by the scenario worker (``python -m streamer.worker``) and ``dynbn serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+
+from .completion import retrying
+from .consumer import Worker
+
+log = logging.getLogger("streamer")
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """``auto`` (the first CUDA device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ValueError otherwise."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: torch sees no CUDA device here (use --device cpu or auto)")
+        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return spec
+    raise ValueError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def run_worker(worker: Worker, until_done: bool = False) -> int:
+    """Warm up, join the deployment, consume until SIGTERM/SIGINT (or, with until_done, the run's end),
+    then drain and release; 0 after a clean stop."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    worker.warm_up()
+    retrying(worker.startup, "worker startup")
+    log.info("worker %s ready on %s (arms %s, batch %d, %d partitions, torch threads %d)", worker.name, worker.device,
+             ",".join(worker.arms), worker.batch_size, worker.t.partitions, torch.get_num_threads())
+    try:
+        worker.run(until_done=until_done)
+    finally:
+        worker.shutdown()
+    return 0
