@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -183,13 +184,26 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _NotDownloaded(Exception):
+    """One file ``fetch`` could not download: its URL, where it goes, and the network error."""
+
+    def __init__(self, url: str, dest: Path, reason: OSError) -> None:
+        super().__init__(url, dest, reason)
+        self.url, self.dest, self.reason = url, dest, reason
+
+
 def _download(url: str, dest: Path, expected: str) -> None:
     if dest.is_file() and sha256(dest) == expected:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     _log.info("downloading %s", url)
-    urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # noqa: S310 - fixed https URLs
+            shutil.copyfileobj(response, out)
+    except OSError as exc:  # urllib's URLError and HTTPError included
+        tmp.unlink(missing_ok=True)
+        raise _NotDownloaded(url, dest, exc) from exc
     got = sha256(tmp)
     if got != expected:
         tmp.unlink()
@@ -206,19 +220,40 @@ def _fetch_cifar10(root: Path) -> None:
         out = root / "cifar10" / f"{split}.npz"
         if out.is_file():
             continue
-        ds = CIFAR10(str(cache), train=train, download=True)
+        try:
+            ds = CIFAR10(str(cache), train=train, download=True)
+        except OSError as exc:
+            raise _NotDownloaded(CIFAR10.url, cache / CIFAR10.filename, exc) from exc
         np.savez_compressed(out, images=np.asarray(ds.data, np.uint8), labels=np.asarray(ds.targets, np.int64))
         _log.info("wrote %s (%d images)", out, len(ds.targets))
 
 
 def fetch(root: str | os.PathLike | None = None) -> Path:
-    """Fill the data directory from the public sources; files already present and valid are kept."""
+    """Fill the data directory from the public sources; files already present and valid are kept.
+
+    Files that cannot be downloaded (no network) are skipped, then named in one DataError: each URL,
+    the path it belongs at, and how to place it by hand.
+    """
     base = data_dir(root)
-    for name, (url, digest) in CHECKPOINTS.items():
-        _download(url, base / "models" / name, digest)
-    for name, digest in FROST.items():
-        _download(_HENDRYCKS + name, base / "frost" / name, digest)
-    _fetch_cifar10(base)
+    wanted = [(url, base / "models" / name, digest) for name, (url, digest) in CHECKPOINTS.items()]
+    wanted += [(_HENDRYCKS + name, base / "frost" / name, digest) for name, digest in FROST.items()]
+    failed = []
+    for url, dest, digest in wanted:
+        try:
+            _download(url, dest, digest)
+        except _NotDownloaded as exc:
+            failed.append(exc)
+    try:
+        _fetch_cifar10(base)
+    except _NotDownloaded as exc:
+        failed.append(exc)
+    if failed:
+        files = "\n".join(f"  {f.url}\n    -> {f.dest}" for f in failed)
+        reasons = "; ".join(sorted({str(f.reason) for f in failed}))
+        raise DataError(f"could not download {len(failed)} file(s) ({reasons}):\n{files}\n"
+                        "On a machine with network, download each URL and copy the file to the path under it, "
+                        "then run `dynbn data fetch` again (it checks each file and unpacks CIFAR-10); or point "
+                        f"{ENV_VAR} (or --data-dir) at an existing data folder.")
     return base
 
 

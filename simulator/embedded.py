@@ -31,16 +31,18 @@ from .publisher import Publisher
 from .sources import make_source
 
 
-def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = None, maxlen: int = 50_000):
+def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = None):
     """MemoryTransport, or RedisTransport under ``prefix`` (default: a fresh one per run)."""
     if not redis_url:
         return MemoryTransport(scn.partitions)
-    return RedisTransport(connect(redis_url, 0), Keys(prefix or f"dynbn:{uuid.uuid4().hex[:8]}"), scn.partitions, maxlen)
+    return RedisTransport(connect(redis_url, 0), Keys(prefix or f"dynbn:{uuid.uuid4().hex[:8]}"), scn.partitions)
 
 
 def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None, artifacts=None, data_dir=None,
-                 workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600) -> dict:
-    """Fit (or load) artifacts, publish, consume, report; returns the report dict."""
+                 workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600,
+                 max_backlog: int | None = None) -> dict:
+    """Fit (or load) artifacts, publish, consume, report; returns the report dict. ``max_backlog``: frames not
+    yet acknowledged before the simulator waits (default: four batches per worker)."""
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
@@ -49,7 +51,8 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
     source = make_source(scn, data_dir, artifacts, model)
     # a few batches in flight per worker keep workers busy without queueing the whole run
     # (latency then measures processing, not how far ahead the simulator ran)
-    publisher = Publisher(scn, transport, source, frost_dir=frost_dir(data_dir), max_backlog=4 * scn.batch.size * workers)
+    publisher = Publisher(scn, transport, source, frost_dir=frost_dir(data_dir),
+                          max_backlog=max_backlog or 4 * scn.batch.size * workers)
     log(f"scenario {scn.name}: {scn.cameras} cameras x {scn.frames_per_camera} frames, arms {', '.join(scn.arms)}, "
         f"{transport.name} transport, {workers} worker(s) on {device}, torch threads {torch.get_num_threads()}")
     threads = [threading.Thread(target=publisher.run, name="simulator", daemon=True)]
@@ -69,7 +72,8 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
         for w in pool:
             w.shutdown()
     results = parse_results(transport.results())
-    rep = summarize(results, transport.dead_letters(), transport.get_run(), transport.name)
+    rep = summarize(results, transport.dead_letters(), transport.get_run(), transport.name, transport.last_seqs(),
+                    transport.queued())
     rep["torch_threads"], rep["device"], rep["workers_started"] = torch.get_num_threads(), device, workers
     write(rep, results, out)
     transport.close()

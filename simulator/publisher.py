@@ -1,20 +1,23 @@
 """Publish a scenario's frames: per camera a schedule, clean frames from a source, corruption.
 
 Frames go out time-major (frame t of every camera, then t+1), at ``rate_fps`` per camera
-or as fast as the workers take them. ``max_backlog`` bounds the group's undelivered plus
-pending entries: the publisher waits while the backlog is full, which keeps memory bounded
-and, with Redis, guarantees ``MAXLEN ~`` trimming never drops an unacked frame (the
-stream's maxlen is far above the backlog bound; see streamer.redis_transport).
+or as fast as the workers take them, in chunks of at most ``max_backlog`` frames. Before
+each chunk the publisher measures the backlog (every frame not yet acknowledged by a
+worker: acked frames are deleted, so this survives anything a stream does) and waits
+until the chunk fits under ``max_backlog``: memory stays bounded and nothing is trimmed.
 
-With Redis each entry gets an explicit, increasing id; a publish retried after a lost
-reply reuses it, and Redis' "equal or smaller than the top item" answer then means the
-first try landed, so a frame is never published twice. One publisher per run.
+A publish is recognised by the frame's own id (camera, seq) and the run id: a retry after a
+lost reply that finds the frame appended knows its first try landed; a frame of another run
+under the prefix stops publishing with that reason (``AlreadyPublished``). Any other error
+is raised, never swallowed. One publisher per run; it writes a fresh run hash (a new
+run id) with how many frames each camera got, which the report counts losses against.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,20 +47,10 @@ def camera_frames(scn: Scenario, source, camera: int, frost_dir=None) -> Iterato
         start += seg.length
 
 
-class Ids:
-    """Increasing explicit stream ids ``ms-seq`` (wall clock, never going back)."""
-
-    def __init__(self, after: tuple[int, int] = (0, 0)) -> None:
-        self.last = after
-
-    def next(self) -> str:
-        ms = max(int(time.time() * 1000), self.last[0])
-        self.last = (ms, self.last[1] + 1 if ms == self.last[0] else 0)
-        return f"{self.last[0]}-{self.last[1]}"
-
-
 class Publisher:
     """Publishes one scenario through a transport; ``run()`` returns the number of frames published."""
+
+    warn_after_s = 30.0  # a backlog full for this long gets a warning line (workers missing or mismatched?)
 
     def __init__(self, scn: Scenario, transport: Transport, source, *, frost_dir=None,
                  max_backlog: int = 2000, transient: tuple = TRANSIENT) -> None:
@@ -65,64 +58,84 @@ class Publisher:
             raise ValueError(f"transport has {transport.partitions} partitions, the scenario {scn.partitions}")
         self.scn, self.t, self.source, self.frost_dir = scn, transport, source, frost_dir
         self.max_backlog, self.transient = max_backlog, transient
-        self.ids = Ids(transport.last_id()) if hasattr(transport, "last_id") else None
         self.published = 0
+        self.sent = dict.fromkeys(scn.camera_ids, 0)  # camera -> frames published
+        self.run_id = uuid.uuid4().hex[:12]
         self.stopped = False
 
     def run(self) -> int:
         """Publish every frame (or until ``stop()``), then mark the run done."""
         scn = self.scn
-        self.t.setup()
-        self.t.set_run(scenario=scn.name, planned=scn.total_frames, published=0, done=0, partitions=scn.partitions,
-                       label_kind=self.source.label_kind, arms=",".join(scn.arms), started=time.time())
+        self._retry(self.t.setup)
+        self._retry(self.t.set_run, fresh=True, id=self.run_id, scenario=scn.name, planned=scn.total_frames,
+                    published=0, done=0, partitions=scn.partitions, label_kind=self.source.label_kind,
+                    arms=",".join(scn.arms), started=time.time())
         streams = [camera_frames(scn, self.source, c, self.frost_dir) for c in range(scn.cameras)]
         cams, t0 = scn.camera_ids, time.monotonic()
+        chunk = max(1, min(self.max_backlog, 64))
         bar = progress(desc="publish", total=scn.total_frames, unit="frame")
         for step in range(scn.frames_per_camera):
             if self.stopped:
                 break
             self._pace(step, t0)
-            for c, frames in enumerate(streams):
-                frame, truth = next(frames)
-                msg = FrameMessage.from_frame(cams[c], step, frame, time.time(), truth, scn.encoding)
-                self._publish(c % scn.partitions, msg.to_fields())
+            frames = [(c, *next(stream)) for c, stream in enumerate(streams)]
+            for i in range(0, len(frames), chunk):
+                if not self._wait_for_room(len(frames[i:i + chunk])):
+                    break  # stopped while waiting
+                for c, frame, truth in frames[i:i + chunk]:
+                    msg = FrameMessage.from_frame(cams[c], step, frame, time.time(), truth, scn.encoding)
+                    self._publish(c % scn.partitions, msg.to_fields(), cams[c])
             bar.update(len(streams))
             if step % 16 == 15:
-                self._retry(self.t.set_run, published=self.published)
+                self._retry(self.t.set_run, **self._counts())
         bar.close()
-        self._retry(self.t.set_run, published=self.published, done=1, finished=time.time())
+        self._retry(self.t.set_run, **self._counts(), done=1, finished=time.time())
         log.info("published %d frames", self.published)
         return self.published
 
     def stop(self) -> None:
         self.stopped = True
 
+    def _counts(self) -> dict:
+        return {"published": self.published, **{f"published:{c}": n for c, n in self.sent.items()}}
+
     def _pace(self, step: int, t0: float) -> None:
-        """Keep to rate_fps per camera, and wait while the backlog is full."""
+        """Keep to rate_fps per camera."""
         if self.scn.rate_fps > 0:
             delay = t0 + step / self.scn.rate_fps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        if step % 8 == 0:
-            while not self.stopped and sum(self._retry(self.t.backlog)) > self.max_backlog:
-                time.sleep(0.02)
 
-    def _publish(self, partition: int, fields: dict) -> None:
-        entry_id = self.ids.next() if self.ids else None
-        try:
-            self._retry(self.t.publish, partition, fields, entry_id)
-        except Exception as exc:
-            if entry_id is None or "equal or smaller" not in str(exc):
-                raise
-            # an earlier try of this publish landed and only its reply was lost
+    def _wait_for_room(self, n: int) -> bool:
+        """Wait until ``n`` more frames keep the backlog (frames not yet acknowledged) within max_backlog;
+        False when stopped meanwhile."""
+        since = warned = time.monotonic()
+        while not self.stopped:
+            backlog = sum(self._retry(self.t.backlog))
+            if backlog + n <= self.max_backlog:
+                return True
+            if time.monotonic() - warned > self.warn_after_s:
+                warned = time.monotonic()
+                log.warning("backlog full for %.0f s (%d frames not yet acknowledged, limit %d): are workers running "
+                            "on this prefix with %d partitions?", warned - since, backlog, self.max_backlog, self.scn.partitions)
+            time.sleep(0.02)
+        return False
+
+    def _publish(self, partition: int, fields: dict, camera: str) -> None:
+        """Append one frame; a retry whose first try landed is recognised (see the module docstring)."""
+        self._retry(self.t.publish, partition, fields, self.run_id)
         self.published += 1
+        self.sent[camera] += 1
 
     def _retry(self, fn, *args, **kw):
+        """``fn()``, retried while Redis is unavailable; after ``stop()`` the last error is raised instead."""
         delay = 0.05
         while True:
             try:
                 return fn(*args, **kw)
             except self.transient as exc:
+                if self.stopped:
+                    raise
                 log.warning("redis unavailable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -10,11 +10,13 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dynbn.data import frost_dir
-from streamer.completion import retrying
+from streamer.completion import exit_on_sigterm, retrying, service_connect
 from streamer.keys import DEFAULT_PREFIX, Keys
-from streamer.redis_transport import RedisTransport, connect
+from streamer.redis_transport import TRANSIENT, RedisTransport
 from streamer.scenario import load, resolve
 from streamer.settings import REDIS_URL
+
+from streamer.transport import AlreadyPublished
 
 from .publisher import Publisher
 from .sources import make_source
@@ -31,8 +33,7 @@ class SimSettings(BaseSettings):
     scenario: str = "default"
     artifacts: str | None = None
     data_dir: str | None = Field(None, validation_alias=AliasChoices("DYNBN_DATA", "SIM_DATA_DIR"))
-    max_backlog: int = Field(2000, ge=1, description="undelivered + pending frames before publishing waits")
-    maxlen: int = Field(50_000, ge=100, description="MAXLEN ~ of each frame stream; keep >> max_backlog")
+    max_backlog: int = Field(2000, ge=1, description="frames not yet acknowledged by a worker before publishing waits")
     reset: bool = Field(False, description="delete the prefix's keys (a previous run) before publishing")
     log_level: str = "INFO"
 
@@ -41,19 +42,26 @@ def main() -> int:
     """Publish the scenario's frames to Redis, then mark the run done and exit."""
     settings = SimSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    exit_on_sigterm()  # until publishing starts: SIGTERM ends the start-up, its retries included (exit 143)
     scn = load(resolve(settings.scenario))
-    if settings.maxlen < 4 * settings.max_backlog:
-        raise SystemExit(f"SIM_MAXLEN {settings.maxlen} must be >= 4 x SIM_MAX_BACKLOG {settings.max_backlog}: "
-                         "trimming could otherwise drop frames not yet acked")
-    client = retrying(lambda: connect(settings.redis_url, 3, settings.redis_ca), "connect")
-    transport = RedisTransport(client, Keys(settings.prefix),
-                               scn.partitions, settings.maxlen)
+    client = service_connect(settings.redis_url, 3, settings.redis_ca)
+    transport = RedisTransport(client, Keys(settings.prefix), scn.partitions)
     if settings.reset:
-        transport.reset()
+        retrying(transport.reset, "reset")
+    retrying(transport.setup, "setup")  # Publisher.run repeats it (idempotent), retrying on its own
     pub = Publisher(scn, transport, make_source(scn, settings.data_dir, settings.artifacts),
                     frost_dir=frost_dir(settings.data_dir), max_backlog=settings.max_backlog)
     signal.signal(signal.SIGTERM, lambda *_: pub.stop())
-    n = pub.run()
+    try:
+        n = pub.run()
+    except AlreadyPublished as exc:
+        logging.getLogger("simulator").error("%s", exc)
+        return 2
+    except TRANSIENT as exc:
+        if not pub.stopped:
+            raise
+        logging.getLogger("simulator").error("stopped while Redis was unavailable (%s): the run is not marked done", exc)
+        return 128 + signal.SIGTERM
     logging.getLogger("simulator").warning("simulator done: published=%d scenario=%s", n, scn.name)
     return 0
 

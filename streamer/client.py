@@ -12,15 +12,18 @@ Readers resume: every item carries ``id`` (``"partition/entry-id"``) and the rea
 where it stopped, in this process or another one. Works against one Redis server or a
 Redis Cluster (the same URL form; ``streamer.redis_transport.connect`` tells them apart).
 
-A camera's frames go to partition ``partition_of(camera)``; their sequence numbers come from
-a per-camera counter in Redis, so a publisher that restarts goes on numbering. Publishing
-waits while the camera's partition holds ``max_backlog`` frames not yet acknowledged by a
-worker (delivered or not): memory stays bounded when the workers fall behind or are down.
+A camera's frames go to partition ``partition_of(camera)``, numbered on from the camera's last
+seq in Redis, so a publisher that restarts goes on numbering (one publisher per camera at a
+time: a second one is refused with ``AlreadyPublished``). A publish retried after a lost
+reply is recognised and never written twice. Publishing waits while the camera's partition
+holds ``max_backlog`` frames not yet acknowledged by a worker (delivered or not): memory
+stays bounded when the workers fall behind or are down, and nothing is ever trimmed.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -51,27 +54,30 @@ class Client:
     """Publish frames and read results/events of the deployment under ``prefix``."""
 
     def __init__(self, redis_url: str = "redis://127.0.0.1:6379/0", prefix: str = DEFAULT_PREFIX, *,
-                 partitions: int | None = None, max_backlog: int = 1000, maxlen: int = 50_000,
+                 partitions: int | None = None, max_backlog: int = 1000,
                  ca_certs: str | None = None, encoding: str = "raw") -> None:
-        if maxlen < 2 * max_backlog:
-            raise ValueError(f"maxlen {maxlen} must be at least twice max_backlog {max_backlog}: trimming would "
-                             "otherwise remove frames no worker has seen")
         self.r = connect(redis_url, 3, ca_certs)
         self.keys = Keys(prefix)
         self.partitions = agree_partitions(self.r, self.keys, partitions)
-        self.transport = RedisTransport(self.r, self.keys, self.partitions, maxlen)
+        self.transport = RedisTransport(self.r, self.keys, self.partitions)
         self.max_backlog, self.encoding = max_backlog, encoding
+        self.id = uuid.uuid4().hex[:12]     # this publisher, as the published hash records it
+        self._next: dict[str, int] = {}     # camera -> its next seq
         self._room: dict[int, int] = {}  # partition -> frames that may still be added before measuring again
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, camera: str, frame: np.ndarray, t_pub: float | None = None) -> int:
         """Publish one uint8 ``H x W x 3`` RGB frame of ``camera``; returns its sequence number."""
-        seq = int(self.r.hincrby(self.keys.sequence, camera, 1)) - 1
+        p = partition_of(camera, self.partitions)
+        if camera not in self._next:
+            last = self.r.hget(self.keys.published(p), camera)
+            self._next[camera] = int(last.split(b" ")[0]) + 1 if last else 0
+        seq = self._next[camera]
         msg = FrameMessage.from_frame(camera, seq, frame, time.time() if t_pub is None else t_pub,
                                       encoding=self.encoding)
-        p = partition_of(camera, self.partitions)
         self._wait_for_room(p)
-        self.transport.publish(p, msg.to_fields())
+        self.transport.publish(p, msg.to_fields(), self.id)
+        self._next[camera] = seq + 1
         self._room[p] -= 1
         return seq
 

@@ -32,6 +32,9 @@ or malformed goes to the dead-letter stream with the reason; an exception inside
 dead-letters the batch's frames with the arm's name and the error, and the worker goes on; a lost Redis connection is
 retried with exponential backoff, then every owned partition is re-adopted (state
 reloaded, own pending entries re-claimed: a lost XREADGROUP reply leaves nothing behind).
+Memory: a batch holds at most ``max_batch_bytes`` of frames (the last entry read may cross
+it); an entry larger than the payload limit is never transferred: the transport hands it
+over as id and size, and it is dead-lettered by id.
 SIGTERM: stop reading, finish and commit the batch in hand, release leases, log counters.
 """
 
@@ -52,10 +55,15 @@ from dynbn.spectrum import to_tensor
 
 from . import arms as arms_mod
 from .redis_transport import TRANSIENT
-from .transport import Commit, Entry, Transport
+from .transport import DEFAULT_READ_BYTES, Commit, Entry, Transport
 from .wire import MAX_PAYLOAD_BYTES, Event, FrameMessage, Malformed, ResultMessage, dead_fields
 
 log = logging.getLogger("streamer.worker")
+ENTRY_OVERHEAD = 64 << 10  # an entry's fields besides the payload (camera, truth, ...) stay well under this
+
+
+class RunMismatch(RuntimeError):
+    """The run in Redis is not one this worker can serve (another number of partitions)."""
 
 
 class ArmFailed(RuntimeError):
@@ -67,13 +75,15 @@ class Worker:
 
     def __init__(self, transport: Transport, arms: dict, *, batch_size: int = 64, max_wait_ms: int = 50,
                  name: str | None = None, lease_ms: int = 5000, max_deliveries: int = 5,
-                 max_payload: int = MAX_PAYLOAD_BYTES, input_shape=(32, 32, 3), device: str = "cpu",
-                 class_names: list[str] | None = None) -> None:
+                 max_payload: int = MAX_PAYLOAD_BYTES, max_batch_bytes: int = DEFAULT_READ_BYTES,
+                 input_shape=(32, 32, 3), device: str = "cpu", class_names: list[str] | None = None) -> None:
         self.t, self.arms = transport, arms
         self.class_names = class_names
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
         self.name = name or f"w-{uuid.uuid4().hex[:8]}"
         self.lease_ms, self.max_deliveries, self.max_payload = lease_ms, max_deliveries, max_payload
+        self.max_batch_bytes = max_batch_bytes
+        self.max_entry = max_payload + ENTRY_OVERHEAD  # larger entries arrive as id and size only
         self.input_shape, self.device = tuple(input_shape), device
         self.tokens: dict[int, str] = {}          # owned partition -> lease token
         self.cameras: dict[int, set[str]] = {}    # owned partition -> cameras seen there
@@ -113,14 +123,20 @@ class Worker:
                 pass  # the lease lapses by itself
         try:
             self.t.leave(self.name)
-            self.t.set_run(**{f"worker:{self.name}:{k}": v for k, v in self.counters.items()})  # for benchmarks
+            if self.counters:  # for benchmarks
+                self.t.set_run(**{f"worker:{self.name}:{k}": v for k, v in self.counters.items()})
         except TRANSIENT:
             pass
         log.warning("worker %s stopped: %s", self.name, " ".join(f"{k}={v}" for k, v in sorted(self.counters.items())))
 
     def run(self, until_done: bool = False) -> None:
-        """Loop until ``stop`` is set (SIGTERM) or, with until_done, the run is fully consumed."""
+        """Loop until ``stop`` is set (SIGTERM) or, with until_done, the run is fully consumed (a run already
+        complete when the worker starts is a previous one left in Redis: the worker waits for the next)."""
         delay, self._broken = 0.1, False
+        self._stale = self._complete_run() if until_done else None
+        if self._stale:
+            log.warning("worker %s: run %s was complete before this worker started; waiting for the next run",
+                        self.name, self._stale)
         while not self.stop.is_set():
             try:
                 if self._broken:
@@ -133,7 +149,8 @@ class Worker:
                     return
                 delay = 0.1
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # NOGROUP: the group is gone; UNBLOCKED: the stream was deleted under a blocked read
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 log.warning("worker %s: consumer group missing (streams reset?); recreating", self.name)
                 self.t.setup()
@@ -154,9 +171,20 @@ class Worker:
         except TRANSIENT:
             pass  # their leases lapse; the next owner claims them
 
-    def _finished(self) -> bool:
+    def _complete_run(self) -> str | None:
+        """The id of the run in Redis when it is complete (every frame published and handled), else None;
+        RunMismatch when its partitions are not this worker's."""
         run = self.t.get_run()
-        return run.get("done") == "1" and self.t.backlog() == (0, 0)
+        if "partitions" in run and int(run["partitions"]) != self.t.partitions:
+            raise RunMismatch(f"run {run.get('id', '?')} in Redis has {run['partitions']} partitions, this worker "
+                              f"{self.t.partitions}: it would read the wrong streams; start it with the run's scenario")
+        if run.get("done") == "1" and self.t.backlog() == (0, 0):
+            return run.get("id", "?")
+        return None
+
+    def _finished(self) -> bool:
+        done = self._complete_run()
+        return done is not None and done != self._stale
 
     # -- partitions ------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -206,7 +234,7 @@ class Worker:
         states = self.t.load_state(p)
         self.conditions.update(arms_mod.import_states(self.arms, states))
         self.cameras[p] = set(states)
-        claimed = self.t.claim(p, self.name)
+        claimed = self.t.claim(p, self.name, self.max_entry)
         self.counters["claimed"] += len(claimed)
         self.queue.extendleft(reversed(claimed))
 
@@ -244,13 +272,15 @@ class Worker:
             self.stop.wait(0.1)
             return []
         got: list[Entry] = []
-        deadline = None
-        while len(got) < self.batch_size and not self.stop.is_set():
+        deadline, size = None, 0
+        while len(got) < self.batch_size and size < self.max_batch_bytes and not self.stop.is_set():
             wait = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
             if deadline is not None and wait <= 0:
                 break
             t0 = time.perf_counter()
-            new = self.t.read(owned, self.name, self.batch_size - len(got), max(wait, 1))
+            new = self.t.read(owned, self.name, self.batch_size - len(got), max(wait, 1),
+                              self.max_batch_bytes - size, self.max_entry)
+            size += sum(e.size for e in new if not e.oversized)
             self.counters["read_ms"] += int((time.perf_counter() - t0) * 1000)
             if not new and deadline is None:
                 return []
@@ -264,6 +294,9 @@ class Worker:
         """Split a batch into usable (entry, message, frame) and dead (entry, reason)."""
         good, dead = [], []
         for e in batch:
+            if e.oversized:
+                dead.append((e, f"entry of {e.size} bytes exceeds the limit of {self.max_payload} payload bytes (not read)"))
+                continue
             if e.deliveries > self.max_deliveries:
                 dead.append((e, f"delivered {e.deliveries} times (limit {self.max_deliveries}): poison message?"))
                 continue

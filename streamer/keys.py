@@ -10,7 +10,7 @@ prefix per run, the compose services and ``dynbn serve`` use the fixed default.
 
 Redis Cluster: a worker's commit (one Lua script) touches a partition's frames, results,
 dead letters, events, lease and camera state together, so those keys carry the hash tag
-``{pN}`` and land in one slot; the partitions spread over the cluster's nodes. The run,
+``{pN}`` and land in one slot (so do its ``published`` hash, which a publish updates with its frame); the partitions spread over the cluster's nodes. The run,
 service and member keys are read or written one at a time.
 """
 
@@ -53,6 +53,10 @@ class Keys:
         """Condition changes of the partition's cameras (a camera turned foggy, back to clean, ...)."""
         return self._part(partition, "events")
 
+    def published(self, partition: int) -> str:
+        """Hash camera -> seq of its last frame appended to the partition (publishes recognise repeats by it)."""
+        return self._part(partition, "published")
+
     def lease(self, partition: int) -> str:
         """String key holding the token of the worker that owns a partition (with a TTL)."""
         return self._part(partition, "lease")
@@ -70,11 +74,6 @@ class Keys:
     def service(self) -> str:
         """Hash describing a served deployment: partitions, bundle, arm (``dynbn serve`` writes it)."""
         return f"{self.prefix}:service"
-
-    @property
-    def sequence(self) -> str:
-        """Hash camera -> frames published so far (``dynbn publish`` numbers a camera's frames from it)."""
-        return f"{self.prefix}:seq"
 
     @property
     def members(self) -> str:

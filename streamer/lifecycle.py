@@ -11,7 +11,7 @@ import signal
 import torch
 
 from .completion import retrying
-from .consumer import Worker
+from .consumer import RunMismatch, Worker
 
 log = logging.getLogger("streamer")
 
@@ -33,15 +33,18 @@ def resolve_device(spec: str = "auto") -> str:
 
 def run_worker(worker: Worker, until_done: bool = False) -> int:
     """Warm up, join the deployment, consume until SIGTERM/SIGINT (or, with until_done, the run's end),
-    then drain and release; 0 after a clean stop."""
+    then drain and release; 0 after a clean stop, 2 when the run in Redis has other partitions. A signal while joining still waits for Redis: exit 143 (``Stopped``)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
     worker.warm_up()
-    retrying(worker.startup, "worker startup")
+    retrying(worker.startup, "worker startup", stop=worker.stop)
     log.info("worker %s ready on %s (arms %s, batch %d, %d partitions, torch threads %d)", worker.name, worker.device,
              ",".join(worker.arms), worker.batch_size, worker.t.partitions, torch.get_num_threads())
     try:
         worker.run(until_done=until_done)
+    except RunMismatch as exc:
+        log.error("worker %s: %s", worker.name, exc)
+        return 2
     finally:
         worker.shutdown()
     return 0

@@ -2,25 +2,34 @@
 
 Works against one Redis server or a Redis Cluster (``connect`` asks the server which): every
 key one command or script touches shares a partition's hash tag (``streamer.keys``), and in
-a cluster a read over several partitions becomes one XREADGROUP per partition.
+a cluster a read over several partitions becomes one call per partition.
 
-Frames live in ``partitions`` streams with ``MAXLEN ~`` trimming. Approximate trimming
-only ever removes whole old macro-nodes, so the newest ``maxlen`` entries are never
-trimmed; the publisher keeps the group's backlog (undelivered + pending) under
-``max_backlog`` < ``maxlen``, so no entry is trimmed before it is acked (the default 50,000
-entries is ~170 MB of 32x32 raw frames at worst, and 20x the default backlog).
+Frame streams hold only what no worker has acknowledged yet: a commit deletes the frames it
+acks, nothing is ever trimmed, and a stream's length is its backlog (unread + pending), the
+figure publishers wait on. A publish is one Lua script: it appends the frame unless the
+partition's ``published`` hash (camera -> last seq and its publisher) says this camera's
+frame ``seq`` is already there; a retry after a lost reply is recognised by the frame's own
+id and never written twice, and a frame of another publisher raises ``AlreadyPublished``.
+
+Reads are bounded in bytes: a Lua script takes entries one at a time until ``count`` or
+``max_bytes`` is reached, and returns an entry larger than ``max_entry`` as its id and size
+only (the worker dead-letters it without holding it). Only when nothing is waiting does the
+worker block, on one partition at a time for a short slice, for a single entry.
 
 Commits run as one Lua script (its argument one JSON document): check the lease token,
-then per entry ``XACK`` and, only when that ack removed a pending entry, ``XADD`` its
-result (or dead letter); then the camera events and states of the batch. Results, dead
-letters and events streams keep about ``retention`` entries per partition (0: all).
-Atomic (all or nothing) and idempotent (a retry after a lost reply writes nothing twice).
+then per entry ``XACK`` and, only when that ack removed a pending entry, ``XDEL`` it and
+``XADD`` its result (or dead letter); then the camera events and states of the batch.
+Results, dead letters and events streams keep about ``retention`` entries per partition
+(0: all) and, with ``retention_s``, only entries younger than that (Redis's clock). Atomic (all or nothing) and idempotent (a retry after a lost reply writes nothing twice).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -28,7 +37,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from .keys import GROUP, Keys
-from .transport import Entry, Transport
+from .transport import DEFAULT_MAX_ENTRY, DEFAULT_READ_BYTES, AlreadyPublished, Entry, Transport, frame_key
 
 # what a lost or slow Redis connection raises: retried by the worker, the publisher and the waits
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
@@ -45,6 +54,7 @@ local written = 0
 for target, items in pairs({[2] = c.results, [3] = c.dead}) do
   for _, item in ipairs(items) do
     if redis.call('XACK', KEYS[1], ARGV[1], item[1]) == 1 then
+      redis.call('XDEL', KEYS[1], item[1])
       add(KEYS[target], item[2])
       written = written + 1
     end
@@ -54,7 +64,53 @@ if written > 0 then  -- a retried commit (its first reply lost) writes its event
   for _, fields in ipairs(c.events) do add(KEYS[6], fields) end
 end
 for camera, state in pairs(c.state) do redis.call('HSET', KEYS[5], camera, state) end
+local age = tonumber(ARGV[5])
+if age > 0 then  -- and entries older than the age retention go (exactly: a slow events stream too)
+  local t = redis.call('TIME')
+  local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+  for _, k in ipairs({KEYS[2], KEYS[3], KEYS[6]}) do redis.call('XTRIM', k, 'MINID', oldest) end
+end
 return written
+"""
+_PUBLISH = """
+if ARGV[1] ~= '' then
+  local last = redis.call('HGET', KEYS[2], ARGV[1])
+  if last then
+    local space = string.find(last, ' ')
+    if tonumber(ARGV[2]) <= tonumber(string.sub(last, 1, space - 1)) then return {0, string.sub(last, space + 1)} end
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+end
+return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
+"""
+_READ = """
+local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local max_bytes, max_entry = tonumber(ARGV[4]), tonumber(ARGV[5])
+local out, bytes = {}, 0
+for i, key in ipairs(KEYS) do
+  while #out < count and bytes < max_bytes do
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', key, '>')
+    if not r then break end
+    local e = r[1][2][1]
+    local size = 0
+    for _, v in ipairs(e[2]) do size = size + #v end
+    if size > max_entry then out[#out + 1] = {i, e[1], size}
+    else out[#out + 1] = {i, e[1], size, e[2]}; bytes = bytes + size end
+  end
+end
+return out
+"""
+_CLAIM = """
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'COUNT', 100)
+local out, max_entry = {}, tonumber(ARGV[4])
+for _, e in ipairs(r[2]) do
+  if e then
+    local size = 0
+    for _, v in ipairs(e[2]) do size = size + #v end
+    if size > max_entry then out[#out + 1] = {e[1], size} else out[#out + 1] = {e[1], size, e[2]} end
+  end
+end
+return {r[1], out}
 """
 _HEARTBEAT = """
 local t = redis.call('TIME')
@@ -91,18 +147,91 @@ def _options(retries: int, url: str, ca_certs: str | None) -> dict:
 def connect(url: str, retries: int = 3, ca_certs: str | None = None) -> redis.Redis | RedisCluster:
     """``client(url)``, or a ``RedisCluster`` client when the server is a cluster node (any node's URL will do).
 
-    Asks the server (``INFO cluster``), so the same URL form serves both; raises one of
-    ``TRANSIENT`` while the server does not answer (callers retry).
+    Asks the server (``INFO cluster``, one try), so the same URL form serves both. Raises
+    ``RedisSetupError`` when the server refuses this client for good (see ``setup_error``), and
+    one of ``TRANSIENT`` while it does not answer (callers retry).
     """
-    plain = client(url, retries, ca_certs)
-    if not int(plain.info("cluster").get("cluster_enabled", 0)):
-        return plain
-    plain.close()
-    return RedisCluster.from_url(url, **_options(retries, url, ca_certs))
+    try:
+        with client(url, 0, ca_certs) as first:
+            cluster = int(first.info("cluster").get("cluster_enabled", 0))
+    except TRANSIENT as exc:
+        permanent = setup_error(exc, url)
+        if permanent:
+            raise permanent from exc
+        raise
+    return RedisCluster.from_url(url, **_options(retries, url, ca_certs)) if cluster else client(url, retries, ca_certs)
+
+
+class RedisSetupError(Exception):
+    """Redis refuses this client for good: wrong or missing password, TLS on one side only, a certificate
+    not trusted. Retrying cannot help (it is not one of ``TRANSIENT``); the message names the cause and the fix."""
+
+
+_NO_CREDENTIALS = ("Authentication required", "HELLO must be called")  # NOAUTH replies: no password was sent
+
+
+def setup_error(exc: BaseException, url: str | None = None) -> RedisSetupError | None:
+    """The permanent cause behind a failed command as a ``RedisSetupError``, or None when it may pass.
+
+    redis-py raises a refused password as a ConnectionError, hence this check before any retry. Given
+    the ``url`` (a first contact), a server that dropped the connection or never answered is probed in
+    the other protocol: that tells a TLS mismatch from a Redis that is not up yet.
+    """
+    parts = urlsplit(url or "")
+    host, port = parts.hostname, parts.port or 6379
+    where = f"Redis at {host}:{port}" if host else "Redis"
+    if isinstance(exc, redis.AuthenticationError):
+        if any(text in str(exc) for text in _NO_CREDENTIALS):
+            return RedisSetupError(f"no password given, but {where} requires one: put it in the URL, "
+                                   f"{parts.scheme or 'redis'}://:PASSWORD@{host or 'HOST'}:{port}/0")
+        return RedisSetupError(f"wrong password: {where} refused the user name or password in the URL ({exc})")
+    causes = []
+    while exc is not None and len(causes) < 8:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    untrusted = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
+    if untrusted:
+        return RedisSetupError(f"certificate not trusted: {where} presented a certificate that failed verification "
+                               f"({untrusted.verify_message}); give the CA that signed it (STREAMER_REDIS_CA or "
+                               "SIM_REDIS_CA) and a host name the certificate is valid for")
+    if not host or not isinstance(causes[0], TRANSIENT) or any(
+            isinstance(c, (ConnectionRefusedError, socket.gaierror)) for c in causes):
+        return None
+    if parts.scheme == "redis" and _speaks_tls(host, port):
+        return RedisSetupError(f"TLS expected: {where} speaks TLS only; use a rediss:// URL")
+    if parts.scheme == "rediss" and _answers_plain(host, port):
+        return RedisSetupError(f"server does not speak TLS: {where} answers in plain text; use a redis:// URL "
+                               "(or the server's TLS port)")
+    return None
+
+
+def _speaks_tls(host: str, port: int) -> bool:
+    """Whether host:port completes a TLS handshake (certificate unchecked: only the protocol matters)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock, context.wrap_socket(sock):
+            return True
+    except OSError:
+        return False
+
+
+def _answers_plain(host: str, port: int) -> bool:
+    """Whether host:port answers a plain-text PING the way Redis does (``+PONG``, or ``-NOAUTH ...``)."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(1) in (b"+", b"-")
+    except OSError:
+        return False
 
 
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _size(fields: dict) -> int:
+    return sum(len(k) + len(v) for k, v in fields.items())
 
 
 def _flat(fields: dict) -> list:
@@ -115,15 +244,19 @@ class RedisTransport(Transport):
 
     name = "redis"
 
-    def __init__(self, client: redis.Redis | RedisCluster, keys: Keys, partitions: int, maxlen: int = 50_000,
-                 retention: int = 0) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, keys: Keys, partitions: int, retention: int = 0,
+                 retention_s: float = 0.0) -> None:
         super().__init__(partitions)
-        self.r, self.keys, self.maxlen, self.retention = client, keys, maxlen, retention
+        self.r, self.keys, self.retention, self.retention_s = client, keys, retention, retention_s
         self.cluster = isinstance(client, RedisCluster)
+        self._publish = client.register_script(_PUBLISH)
+        self._read_script = client.register_script(_READ)
+        self._claim_script = client.register_script(_CLAIM)
         self._commit = client.register_script(_COMMIT)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._turn = 0
 
     def setup(self):
         for p in range(self.partitions):
@@ -136,43 +269,48 @@ class RedisTransport(Transport):
     def reset(self) -> int:
         """Delete every key of this run's prefix (a fresh run on a reused Redis); returns how many."""
         keys = list(self.r.scan_iter(match=f"{self.keys.prefix}:*", count=1000))
-        return self.r.delete(*keys) if keys else 0
+        return sum(self.r.delete(k) for k in keys)  # one at a time: in a cluster they live in different slots
 
-    def last_id(self) -> tuple[int, int]:
-        """The largest entry id over all frame streams, as (ms, seq); (0, 0) when empty."""
-        best = (0, 0)
+    def publish(self, partition, fields, publisher=""):
+        camera, seq = frame_key(fields)
+        keys = [self.keys.frames(partition), self.keys.published(partition)]
+        known = camera is not None and seq is not None
+        args = [camera if known else "", seq if known else -1, publisher or "-", *_flat(fields)]
+        appended, value = self._publish(keys=keys, args=args)
+        if appended:
+            return _s(value)
+        if _s(value) != (publisher or "-"):
+            raise AlreadyPublished(camera, seq, partition)
+        return None  # an earlier try of this publisher landed; its reply was lost
+
+    def last_seqs(self):
+        out = {}
         for p in range(self.partitions):
-            try:
-                last = _s(self.r.xinfo_stream(self.keys.frames(p))["last-generated-id"])
-            except redis.ResponseError:
-                continue
-            ms, seq = last.split("-")
-            best = max(best, (int(ms), int(seq)))
-        return best
-
-    def publish(self, partition, fields, entry_id=None):
-        return _s(self.r.xadd(self.keys.frames(partition), fields, id=entry_id or "*",
-                              maxlen=self.maxlen, approximate=True))
+            out.update({_s(k): int(_s(v).split(" ")[0]) for k, v in self.r.hgetall(self.keys.published(p)).items()})
+        return out
 
     def backlog(self, partitions=None):
         undelivered = pending = 0
         for p in range(self.partitions) if partitions is None else partitions:
-            try:
-                groups = self.r.xinfo_groups(self.keys.frames(p))
-            except redis.ResponseError as exc:
-                if "no such key" not in str(exc).lower():
-                    raise
-                continue  # nothing published there yet
-            group = next((g for g in groups if _s(g["name"]) == GROUP), None)
-            if group is None:  # no group yet: everything is undelivered
-                undelivered += int(self.r.xlen(self.keys.frames(p)))
-                continue
-            pending += int(group["pending"])
-            lag = group.get("lag")
-            if lag is None:  # only with tombstones or SETID; count explicitly then
-                lag = len(self.r.xrange(self.keys.frames(p), "(" + _s(group["last-delivered-id"]), "+"))
-            undelivered += int(lag)
+            stream = self.keys.frames(p)
+            length = int(self.r.xlen(stream))  # acked frames are deleted: what is left is unread or pending
+            waiting = 0
+            if length:
+                try:
+                    waiting = int(self.r.xpending(stream, GROUP)["pending"])
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+            pending += waiting
+            undelivered += max(0, length - waiting)  # < 0 only if someone trimmed pending entries away
         return undelivered, pending
+
+    def queued(self):
+        out = []
+        for p in range(self.partitions):
+            for _, f in self._scan(self.keys.frames(p)):
+                out.append(frame_key(f))
+        return out
 
     def heartbeat(self, worker, ttl_ms):
         return int(self._heartbeat(keys=[self.keys.members], args=[worker, ttl_ms]))
@@ -192,13 +330,15 @@ class RedisTransport(Transport):
     def release(self, partition, token):
         self._release(keys=[self.keys.lease(partition)], args=[token])
 
-    def claim(self, partition, consumer):
+    def claim(self, partition, consumer, max_entry=DEFAULT_MAX_ENTRY):
         stream, out, cursor = self.keys.frames(partition), [], "0-0"
         while True:
-            reply = self.r.xautoclaim(stream, GROUP, consumer, min_idle_time=0, start_id=cursor, count=500)
-            cursor, entries = _s(reply[0]), reply[1]
-            out += [Entry(partition, _s(i), f) for i, f in entries if f is not None]
-            if cursor == "0-0":
+            cursor, rows = self._claim_script(keys=[stream], args=[GROUP, consumer, cursor, max_entry])
+            for entry_id, size, *fields in rows:
+                flat = fields[0] if fields else []
+                out.append(Entry(partition, _s(entry_id), dict(zip(flat[::2], flat[1::2])), size=int(size),
+                                 oversized=not fields))
+            if _s(cursor) == "0-0":
                 break
         if out:
             info = self.r.xpending_range(stream, GROUP, out[0].id, out[-1].id, len(out) + 100, consumername=consumer)
@@ -207,36 +347,39 @@ class RedisTransport(Transport):
                 e.deliveries = counts.get(e.id, 1)
         return out
 
-    def read(self, partitions, consumer, count, block_ms):
+    def read(self, partitions, consumer, count, block_ms, max_bytes=DEFAULT_READ_BYTES, max_entry=DEFAULT_MAX_ENTRY):
+        """Entries waiting now (bounded by count and bytes); when there are none, block on one partition at a
+        time, in turns of at most 20 ms, for a single entry until ``block_ms`` has passed."""
         if not partitions:
             return []
-        if self.cluster:
-            return self._read_each(partitions, consumer, count, block_ms)
-        return self._read(partitions, consumer, count, block_ms)
-
-    def _read(self, partitions, consumer, count, block_ms):
-        streams = {self.keys.frames(p): ">" for p in partitions}
-        index = {self.keys.frames(p): p for p in partitions}
-        reply = self.r.xreadgroup(GROUP, consumer, streams, count=count, block=max(1, block_ms)) or []
-        return [Entry(index[_s(name)], _s(i), f) for name, entries in reply for i, f in entries if f is not None]
-
-    def _read_each(self, partitions, consumer, count, block_ms):
-        """Cluster: one XREADGROUP per partition (their streams live in different slots); while all are
-        empty, block on each in turn for a short slice, so no partition waits long for its turn."""
+        self._turn += 1
+        order = partitions[self._turn % len(partitions):] + partitions[:self._turn % len(partitions)]  # fairness
         deadline = time.monotonic() + block_ms / 1000
-        turn = 0
         while True:
-            out = []
-            for p in partitions:
-                reply = self.r.xreadgroup(GROUP, consumer, {self.keys.frames(p): ">"}, count=count) or []
-                out += [Entry(p, _s(i), f) for _, entries in reply for i, f in entries if f is not None]
+            out = self._read_now(order, consumer, count, max_bytes, max_entry)
             left = int((deadline - time.monotonic()) * 1000)
             if out or left <= 0:
                 return out
-            out = self._read([partitions[turn % len(partitions)]], consumer, count, min(left, 20))
+            p = order[self._turn % len(order)]
+            self._turn += 1
+            reply = self.r.xreadgroup(GROUP, consumer, {self.keys.frames(p): ">"}, count=1, block=min(left, 20)) or []
+            out = [Entry(p, _s(i), f, size=_size(f)) for _, entries in reply for i, f in entries if f is not None]
             if out:
                 return out
-            turn += 1
+
+    def _read_now(self, order, consumer, count, max_bytes, max_entry):
+        groups = [[p] for p in order] if self.cluster else [order]  # a script's keys must share a slot
+        out = []
+        for parts in groups:
+            if len(out) >= count or sum(e.size for e in out) >= max_bytes:
+                break
+            rows = self._read_script(keys=[self.keys.frames(p) for p in parts],
+                                     args=[GROUP, consumer, count - len(out), max_bytes - sum(e.size for e in out), max_entry])
+            for row in rows:
+                p, entry_id, size = parts[int(row[0]) - 1], _s(row[1]), int(row[2])
+                fields = dict(zip(row[3][::2], row[3][1::2])) if len(row) > 3 else {}
+                out.append(Entry(p, entry_id, fields, size=size, oversized=len(row) == 3))
+        return out
 
     def commit(self, partition, token, commit):
         # one JSON argument: packing thousands of separate ARGV strings costs more than the commit
@@ -245,12 +388,14 @@ class RedisTransport(Transport):
                            "events": [_flat(f) for f in commit.events], "state": commit.state or {}})
         keys = [self.keys.frames(partition), self.keys.results(partition), self.keys.dead(partition),
                 self.keys.lease(partition), self.keys.state(partition), self.keys.events(partition)]
-        return int(self._commit(keys=keys, args=[GROUP, token, blob, self.retention]))
+        return int(self._commit(keys=keys, args=[GROUP, token, blob, self.retention, int(self.retention_s * 1000)]))
 
     def load_state(self, partition):
         return {_s(k): _s(v) for k, v in self.r.hgetall(self.keys.state(partition)).items()}
 
-    def set_run(self, **fields):
+    def set_run(self, fresh=False, **fields):
+        if fresh:
+            self.r.delete(self.keys.run)
         self.r.hset(self.keys.run, mapping={k: str(v) for k, v in fields.items()})
 
     def get_run(self):

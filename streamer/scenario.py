@@ -208,7 +208,10 @@ def load(path: str | Path) -> Scenario:
         raise ScenarioError(f"scenario file not found: {path} (shipped ones: {', '.join(shipped())})")
     try:
         text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not text.strip():
+            raw = None  # json.loads would call an empty file invalid JSON
+        else:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ScenarioError(f"{path}: not valid YAML/JSON ({exc})") from None
     if raw is None:

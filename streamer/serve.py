@@ -49,10 +49,12 @@ class ServeSettings(BaseSettings):
     max_wait_ms: int = Field(20, ge=0, le=60_000)
     partitions: int | None = Field(None, ge=1, le=1024, description="None: the deployment's (8 for a new one)")
     retention: int = Field(100_000, ge=0, description="results/events kept per partition, about (0: all)")
+    retention_s: float = Field(0.0, ge=0, description="> 0: results/events older than this are deleted too")
     name: str | None = None
     lease_ms: int = Field(5000, ge=200)
     max_deliveries: int = Field(5, ge=1)
     max_payload: int = Field(MAX_PAYLOAD_BYTES, ge=1024)
+    max_batch_bytes: int = Field(64 << 20, ge=1 << 16, description="frame bytes one batch holds at most (plus one entry)")
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
 
 
@@ -70,9 +72,10 @@ def build_worker(s: ServeSettings) -> Worker:
     partitions = retrying(lambda: agree_partitions(r, keys, s.partitions), "partitions")
     r.hset(keys.service, mapping={"arm": s.arm, "bundle": f"{bundle.model_spec}@{bundle.manifest['files']['bn_table.safetensors'][:12]}",
                                   "classes": ",".join(bundle.class_names)})
-    transport = RedisTransport(r, keys, partitions, retention=s.retention)
+    transport = RedisTransport(r, keys, partitions, retention=s.retention, retention_s=s.retention_s)
     return Worker(transport, arms, batch_size=s.batch, max_wait_ms=s.max_wait_ms, name=s.name, lease_ms=s.lease_ms,
-                  max_deliveries=s.max_deliveries, max_payload=s.max_payload, device=device,
+                  max_deliveries=s.max_deliveries, max_payload=s.max_payload,
+                  max_batch_bytes=s.max_batch_bytes, device=device,
                   input_shape=input_shape(bundle.model), class_names=bundle.class_names)
 
 

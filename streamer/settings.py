@@ -27,6 +27,7 @@ class StreamerSettings(BaseSettings):
     lease_ms: int = Field(5000, ge=200)
     max_deliveries: int = Field(5, ge=1, description="deliveries before an entry is dead-lettered (crash loops, outages)")
     max_payload: int = Field(MAX_PAYLOAD_BYTES, ge=1024)
+    max_batch_bytes: int = Field(64 << 20, ge=1 << 16, description="frame bytes one batch holds at most (plus one entry)")
     exit_when_done: bool = False
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
     keep_freed_memory: bool = Field(True, description="raise glibc's malloc thresholds (streamer.allocator): "
@@ -43,6 +44,7 @@ class ReportSettings(BaseSettings):
     redis_ca: str | None = None
     prefix: str = DEFAULT_PREFIX
     out: str = "report"
-    wait_s: float = Field(3600.0, ge=0)
+    wait_s: float = Field(3600.0, ge=0, description="longest wait for the run to complete")
+    stall_s: float = Field(120.0, gt=0, description="report once nothing was published or handled for this long")
     run_max_age_s: float = Field(0.0, ge=0, description="> 0: ignore a run started longer ago (a reused Redis)")
     log_level: str = "INFO"

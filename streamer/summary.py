@@ -36,8 +36,10 @@ def _acc(hits: list[bool]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
-def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transport: str) -> dict:
-    """The report dict from result messages, dead-letter fields and the run hash."""
+def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transport: str,
+              accepted: dict[str, int] | None = None, queued: list | None = None) -> dict:
+    """The report dict from result messages, dead-letter fields and the run hash; ``accepted`` (camera -> last
+    seq the stream took) and ``queued`` ((camera, seq) still waiting) let the accounting name each loss's cause."""
     keys = Counter((r.camera, r.seq) for r in results)
     arms = list(results[0].preds) if results else [a for a in run.get("arms", "").split(",") if a]
     out = {"transport": transport, "scenario": run.get("scenario"), "label_kind": run.get("label_kind", "cifar10"),
@@ -45,7 +47,10 @@ def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transpo
            "frames_with_results": len(keys), "duplicate_results": sum(n - 1 for n in keys.values()),
            "dead_letters": len(dead), "dead_letter_reasons": dict(Counter(_reason(d) for d in dead).most_common(20)),
            "results": {}, "detection": {}}
-    out["missing_results"] = max(0, out["frames_published"] - len(keys) - len(dead))
+    out["accounting"] = account(results, dead, run, accepted or {}, queued or [])
+    by_camera = out["accounting"]["per_camera"]  # empty when the run hash has no per-camera counts
+    out["missing_results"] = out["accounting"]["lost"] + out["accounting"]["queued"] if by_camera else \
+        max(0, out["frames_published"] - len(keys) - len(dead))
     for arm in arms:
         out["results"][arm] = _arm_summary(results, arm)
         det = [r.detected[arm] == r.truth.domain for r in results if arm in r.detected and r.truth is not None]
@@ -59,6 +64,46 @@ def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transpo
     out["wall_s"] = span
     out["workers"] = dict(Counter(r.worker for r in results))
     return out
+
+
+def _dead_key(d: dict) -> tuple[str | None, int | None]:
+    """(camera, seq) of the frame a dead letter came from, when its fields carried them."""
+    raw = d.get("fields", d.get(b"fields", "{}"))
+    try:
+        fields = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return str(fields["camera"]), int(fields["seq"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+def account(results: list[ResultMessage], dead: list[dict], run: dict, accepted: dict[str, int], queued: list) -> dict:
+    """Every frame of every camera accounted for, from the frames' own sequence numbers: the publisher's count
+    per camera (``published:<camera>`` in the run hash) against the seqs scored, dead-lettered and still
+    queued; a seq in none of them is lost, and its cause is known from the streams' own record:
+    ``never_arrived`` (the stream has no record of it: lost by Redis, e.g. a restart without persistence) or
+    ``removed_unhandled`` (the stream took it, then it left without a result: trimmed or deleted)."""
+    sent = {k.split(":", 1)[1]: int(v) for k, v in run.items() if k.startswith("published:")}
+    scored, dead_seen, waiting = defaultdict(set), defaultdict(set), defaultdict(set)
+    for r in results:
+        scored[r.camera].add(r.seq)
+    for d in dead:
+        cam, seq = _dead_key(d)
+        dead_seen[cam].add(seq)
+    for cam, seq in queued:
+        waiting[cam].add(seq)
+    per_camera, causes = {}, Counter()
+    for cam, n in sorted(sent.items()):
+        expected = set(range(n))
+        lost = expected - scored[cam] - dead_seen[cam] - waiting[cam]
+        why = Counter("removed_unhandled" if seq <= accepted.get(cam, -1) else "never_arrived" for seq in lost)
+        causes.update(why)
+        per_camera[cam] = {"published": n, "scored": len(scored[cam] & expected), "dead_lettered": len(dead_seen[cam] & expected),
+                           "queued": len(waiting[cam] & expected), "lost": len(lost), "lost_causes": dict(why),
+                           "first_lost": sorted(lost)[:10]}
+    foreign = sum(1 for d in dead if _dead_key(d)[0] not in sent)
+    totals = {k: sum(c[k] for c in per_camera.values()) for k in ("published", "scored", "dead_lettered", "queued", "lost")}
+    return {**totals, "lost_causes": dict(causes), "foreign_dead_letters": foreign if sent else None,
+            "per_camera": per_camera}
 
 
 def _reason(d: dict) -> str:
@@ -94,8 +139,10 @@ def markdown(rep: dict) -> str:
            if rep["label_kind"] == "model" else "accuracy against CIFAR-10 labels. " + CAVEAT)
     lines = [f"# Stream report: {rep.get('scenario')} ({rep['transport']} transport)", "", lab, "",
              f"Frames published {rep['frames_published']}, with results {rep['frames_with_results']}, "
-             f"dead letters {rep['dead_letters']}, missing {rep['missing_results']}, "
-             f"duplicates {rep['duplicate_results']}.", "",
+             f"dead letters {rep['dead_letters']}, lost {rep['missing_results']}"
+             + (f" ({', '.join(f'{n} {c}' for c, n in rep['accounting']['lost_causes'].items())})"
+                if rep["accounting"]["lost_causes"] else "")
+             + f", duplicates {rep['duplicate_results']}.", "",
              f"Latency publish -> result: p50 {rep['latency_ms']['p50']:.0f} ms, p99 {rep['latency_ms']['p99']:.0f} ms; "
              f"throughput {rep['throughput_fps']:.1f} frames/s over {rep['wall_s']:.1f} s.", "", table(rep), ""]
     buckets = sorted({b for a in rep["results"].values() for b in a["after_shift"]}, key=lambda b: int(b.split("-")[0].rstrip("+")))

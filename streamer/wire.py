@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -148,9 +149,18 @@ class FrameMessage(BaseModel):
                 raise Malformed(f"raw payload has {len(self.payload)} bytes, shape {self.shape} {self.dtype} needs {want}")
             return np.frombuffer(self.payload, dtype=self.dtype).reshape(self.shape)
         try:
-            with Image.open(io.BytesIO(self.payload)) as img:
-                if img.format != self.encoding.upper() or img.size[0] * img.size[1] > MAX_SIDE * MAX_SIDE:
-                    raise Malformed(f"payload is {img.format} {img.size}, the message says {self.encoding}")
+            with warnings.catch_warnings():  # PIL warns of a bomb at open; the side check below refuses it
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(self.payload))
+            with img:
+                if img.format != self.encoding.upper():
+                    raise Malformed(f"payload is {img.format}, the message says {self.encoding}")
+                (w, h), (mh, mw, _) = img.size, self.shape
+                if w > MAX_SIDE or h > MAX_SIDE:  # read from the header: refused before any pixel is decoded
+                    raise Malformed(f"{self.encoding} payload is {w}x{h} pixels, over the limit of {MAX_SIDE} per side "
+                                    "(a decompression bomb?)")
+                if (h, w) != (mh, mw):
+                    raise Malformed(f"{self.encoding} payload is {w}x{h} pixels, the message says shape {self.shape}")
                 frame = np.asarray(img.convert("RGB"))
         except Malformed:
             raise

@@ -16,11 +16,11 @@ from dynbn.data import CLASSES
 from .allocator import keep_freed_memory
 from .arms import build_arms, input_shape
 from .artifacts import load_or_fit
-from .completion import retrying
+from .completion import exit_on_sigterm, service_connect
 from .consumer import Worker
 from .lifecycle import resolve_device, run_worker
 from .keys import Keys
-from .redis_transport import RedisTransport, connect
+from .redis_transport import RedisTransport
 from .scenario import load, resolve
 from .settings import StreamerSettings
 
@@ -31,6 +31,7 @@ def main() -> int:
     """Build arms from the scenario, then consume until SIGTERM (or the run is done, if asked)."""
     s = StreamerSettings()
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    exit_on_sigterm()  # fitting, loading and connecting can take a while: SIGTERM ends them (exit 143)
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.keep_freed_memory:
@@ -39,10 +40,11 @@ def main() -> int:
     device = resolve_device()
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
-    transport = RedisTransport(retrying(lambda: connect(s.redis_url, 0, s.redis_ca), "connect"), Keys(s.prefix),
+    transport = RedisTransport(service_connect(s.redis_url, 0, s.redis_ca), Keys(s.prefix),
                                scn.partitions)
     worker = Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=s.name,
-                    lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload, device=device,
+                    lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload,
+                    max_batch_bytes=s.max_batch_bytes, device=device,
                     input_shape=input_shape(model), class_names=list(CLASSES))
     return run_worker(worker, until_done=s.exit_when_done)
 

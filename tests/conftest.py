@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Hypothesis: by default (and in CI) the "ci" profile: derandomized, so every run tries the same examples
+# and a failure reproduces; bounded examples (tests that set max_examples keep theirs); no database, no
+# deadline (2 shared cores make timings noisy). Explore new examples locally with the randomised profile:
+#   HYPOTHESIS_PROFILE=random .venv/bin/python -m pytest tests/test_vote.py
+# a failure there prints a @reproduce_failure blob that replays it (--hypothesis-seed=N fixes the seed).
+settings.register_profile("ci", max_examples=50, derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("random", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")

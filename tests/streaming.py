@@ -1,16 +1,23 @@
-"""Helpers shared by the streaming tests: a tiny scenario and its (cheaply) fitted artifacts."""
+"""Helpers shared by the streaming tests: a tiny scenario and its (cheaply) fitted artifacts, one-worker
+runs, and waits that fail the test after a deadline instead of hanging."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from simulator.publisher import Publisher
 from streamer.arms import build_arms
 from streamer.artifacts import load_or_fit
+from streamer.consumer import Worker
 from streamer.scenario import parse
+from streamer.summary import parse_results
+from streamer.transport import MemoryTransport
 
 TINY = {
     "name": "tiny", "model": "resnet20", "cameras": 3, "frames_per_camera": 24,
@@ -43,6 +50,41 @@ def arms_for(scn, root, data_dir):
     """Fitted (model, detector, table) and fresh arms for a scenario."""
     model, det, table = load_or_fit(scn, root, data_dir, log=lambda *_: None)
     return build_arms(scn.arms, model, table, det, scn.arm_settings)
+
+
+def consume(scn, env, batch=None, transport=None, **kw):
+    """Publish a scenario, consume it with one worker until done; returns (transport, worker).
+
+    ``env`` holds the artifacts ``root``, the ``data_dir`` and the frame ``source``."""
+    t = transport or MemoryTransport(scn.partitions)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    w = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=batch or scn.batch.size,
+               max_wait_ms=scn.batch.max_wait_ms, **kw)
+    w.startup()
+    w.run(until_done=True)
+    w.shutdown()
+    return t, w
+
+
+def preds(t):
+    """(camera, seq) -> every arm's class, of the results a transport holds."""
+    return {(r.camera, r.seq): r.preds for r in parse_results(t.results())}
+
+
+def wait_until(ready, timeout_s: float, what: str, poll_s: float = 0.02) -> None:
+    """Poll ``ready()`` until it is true; fail the test naming ``what`` once ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def joined(thread: threading.Thread, timeout_s: float) -> None:
+    """Join a thread; fail the test if it is still running after ``timeout_s``."""
+    thread.join(timeout_s)
+    if thread.is_alive():
+        pytest.fail(f"thread {thread.name} still running after {timeout_s:g} s")
 
 
 @pytest.fixture(autouse=True)

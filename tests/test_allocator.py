@@ -30,7 +30,7 @@ print(int(statistics.median(faults[1:])))
 
 
 def faults_per_batch(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, timeout=300)
     return int(out.stdout.strip())
 
 

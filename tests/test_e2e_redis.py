@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from redis_server import RedisServer
-from streaming import arms_for, artifacts_root, one_torch_thread, tiny, write_scenario
+from streaming import arms_for, artifacts_root, joined, one_torch_thread, tiny, wait_until, write_scenario
 
 from simulator.publisher import Publisher
 from simulator.sources import CifarSource
@@ -93,20 +93,20 @@ def run_with_fault(server, env, fault, **override):
     environ = service_env(server, env, path, prefix)
     t = RedisTransport(connect(server.url), Keys(prefix), scn.partitions)
     workers = [start("streamer.worker", environ, f"{prefix}-w{i}", env["folder"]) for i in range(2)]
-    deadline = time.monotonic() + 60
-    while t.r.zcard(t.keys.members) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)  # both workers up before frames flow, so both own partitions
-    sim = start("simulator", environ, f"{prefix}-sim", env["folder"])
+    procs = list(workers)
     try:
-        while t.counts()[0] < scn.total_frames // 4:
-            time.sleep(0.05)
+        # both workers up before frames flow, so both own partitions
+        wait_until(lambda: t.r.zcard(t.keys.members) >= 2, 120, "both worker processes to join")
+        sim = start("simulator", environ, f"{prefix}-sim", env["folder"])
+        procs.append(sim)
+        wait_until(lambda: t.counts()[0] >= scn.total_frames // 4, 120, "a quarter of the results")
         fault(t, workers)
         assert wait_complete(t, 120), "run did not complete"
         assert sim.wait(30) == 0
         codes = [p.wait(30) for p in workers]  # survivors exit by themselves once the run is done
         return scn, t, codes
     finally:
-        for p in workers + [sim]:
+        for p in procs:
             if p.poll() is None:
                 p.kill()
 
@@ -144,7 +144,7 @@ def test_every_kind_of_malformed_message_is_dead_lettered_with_its_reason(server
         "delivered 4 times": good,
     }
     for fields in bad.values():
-        t.publish(0, fields)
+        t.r.xadd(t.keys.frames(0), fields)  # written by something else: no publish script, no seq check
     poison = t.r.xrange(t.keys.frames(0))[-1][0].decode()
     t.r.xreadgroup("workers", "ghost", {t.keys.frames(0): ">"})
     for _ in range(2):
@@ -170,7 +170,7 @@ def test_generated_schedules_through_redis(server, env, scn):
     pub.start()
     w.run(until_done=True)
     w.shutdown()
-    pub.join(10)
+    joined(pub, 10)
     results = assert_exactly_once(t, scn)
     for r in results:
         cam = scn.camera_ids.index(r.camera)
@@ -185,11 +185,9 @@ def test_sigterm_finishes_the_batch_in_hand_and_logs_counters(server, env):
     worker = start("streamer.worker", service_env(server, env, path, prefix, STREAMER_EXIT_WHEN_DONE="false"),
                    f"{prefix}-w", env["folder"])
     try:
-        while t.r.zcard(t.keys.members) < 1:
-            time.sleep(0.1)
+        wait_until(lambda: t.r.zcard(t.keys.members) >= 1, 120, "the worker process to join")
         Publisher(scn, t, env["source"], max_backlog=10**6).run()
-        while t.counts()[0] < 48:
-            time.sleep(0.02)
+        wait_until(lambda: t.counts()[0] >= 48, 120, "48 results")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:

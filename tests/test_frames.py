@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from streaming import joined
 
 from dynbn.corruptions import ALL
 from simulator.frames import SourceError, open_frames, parse_corruption
@@ -274,7 +275,7 @@ def test_stream_that_stalls_mid_way_times_out_naming_the_frame(clip, tmp_path):
         with pytest.raises(SourceError, match=r"clip.mp4: video broke off at frame \d+: no answer within 1 s"):
             frames.extend(open_frames(url, 32, timeout=1.0))
         assert len(frames) > 0 and time.monotonic() - start < 5
-        thread.join()
+        joined(thread, 10)
 
 
 def test_bad_size_refused(clip):

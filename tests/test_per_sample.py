@@ -96,8 +96,28 @@ def test_one_hot_weights_equal_hard_selection(resnet20, frames):
     hard = switch.forward(x, torch.tensor([1, 1, 1, 1, 1, 2]))
     soft = switch.forward(x, weights=torch.tensor([[0.0, 1.0, 0.0]] * 5 + [[0.0, 0.0, 1.0]]))
     assert (hard - soft).abs().max() < 1e-4
-    half = switch.forward(x, weights=torch.tensor([[0.5, 0.5, 0.0]]).repeat(6, 1))
-    assert not torch.allclose(half, hard, atol=1e-3)
+
+
+def test_half_and_half_weights_normalise_every_layer_with_the_mixtures_moments(resnet20, frames):
+    """Weights (0.5, 0.5) over clean and dark equal hard selection of one table entry holding, in every BN layer,
+    the moments of the 50/50 mixture worked out here: mean = (m1 + m2) / 2, var = (v1 + m1^2 + v2 + m2^2) / 2 - mean^2
+    (wider than the average variance when the means differ), through a real network, not only one layer."""
+    table, dark, _ = _table(resnet20, frames)
+    clean, dim = table.stats["clean"], table.stats["dark"]
+    mix = {}
+    for layer in table.layers:
+        m1, v1 = clean[f"{layer}.running_mean"], clean[f"{layer}.running_var"]
+        m2, v2 = dim[f"{layer}.running_mean"], dim[f"{layer}.running_var"]
+        mean = (m1 + m2) / 2
+        mix[f"{layer}.running_mean"], mix[f"{layer}.running_var"] = mean, (v1 + m1**2 + v2 + m2**2) / 2 - mean**2
+    mixed_entry = bn_table.BNTable(layers=table.layers, stats={"mix": mix})
+    x = dark[:6]
+    half = DomainSwitch(resnet20, table).forward(x, weights=torch.tensor([[0.5, 0.5, 0.0]]).repeat(6, 1))
+    expected = DomainSwitch(resnet20, mixed_entry).forward(x, torch.zeros(6, dtype=torch.long))
+    assert (half - expected).abs().max() < 1e-4
+    averaged = {k: (clean[k] + dim[k]) / 2 for k in mix}  # the mixture of variances: a different normalisation
+    wrong = DomainSwitch(resnet20, bn_table.BNTable(layers=table.layers, stats={"avg": averaged}))
+    assert (half - wrong.forward(x, torch.zeros(6, dtype=torch.long))).abs().max() > 0.1
 
 
 def test_mixture_weights_normalise_with_the_moments_of_the_mixture():

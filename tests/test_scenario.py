@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from streaming import artifacts_root, tiny, write_scenario
 
@@ -17,12 +18,28 @@ from simulator.strategies import schedule_specs
 from streamer.scenario import SCENARIO_DIR, ScenarioError, cut, load, parse, resolve, shipped
 
 
+def _within(written, loaded) -> bool:
+    """Every value the file wrote is the loaded one (mappings compared key by key, so defaults may fill the rest)."""
+    if isinstance(written, dict):
+        return isinstance(loaded, dict) and all(k in loaded and _within(v, loaded[k]) for k, v in written.items())
+    return written == loaded
+
+
 @pytest.mark.parametrize("name", ["default", "frequent-shifts", "many-cameras", "video", "acceptance"])
-def test_shipped_scenarios_load(name):
+def test_shipped_scenarios_load_as_written(name):
+    """A shipped scenario loads with the values its file holds (not silently the defaults), and each camera's
+    schedule covers its frames with the scenario's corruptions and severities only."""
     assert name in shipped()
-    scn = load(resolve(name))
-    assert scn.total_frames == scn.cameras * scn.frames_per_camera
-    assert all(len(scn.schedule_for(c)) == scn.frames_per_camera for c in range(min(scn.cameras, 4)))
+    path = resolve(name)
+    scn = load(path)
+    written, loaded = yaml.safe_load(path.read_text()), scn.model_dump(mode="json")
+    assert written.keys() <= loaded.keys() and all(_within(v, loaded[k]) for k, v in written.items()), name
+    for c in range(min(scn.cameras, 4)):
+        frames = scn.schedule_for(c).per_frame()
+        assert len(frames) == scn.frames_per_camera
+        assert {d for d, _ in frames} <= set(scn.corruptions) | {"clean"}
+        if scn.schedule.kind != "explicit":  # explicit segments carry their own severities
+            assert {s for d, s in frames if d != "clean"} <= set(scn.severities)
 
 
 def test_default_resolves_without_a_name():
@@ -54,10 +71,13 @@ def test_json_and_bad_files(tmp_path):
 
 
 def test_an_empty_file_is_an_error_not_the_defaults(tmp_path):
-    for text in ("", "# only a comment\n"):
-        (tmp_path / "empty.yaml").write_text(text)
-        with pytest.raises(ScenarioError, match="empty scenario file"):
-            load(tmp_path / "empty.yaml")
+    """A file with nothing in it (blank, only comments, only a document marker) would otherwise load as every
+    default, quietly running a scenario nobody wrote: it is refused, naming the file."""
+    for name, text in [("a.yaml", ""), ("b.yaml", "# only a comment\n\n# and another\n"), ("c.yml", "  \n\n"),
+                       ("d.yaml", "---\n"), ("e.json", ""), ("f.json", " \n")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ScenarioError, match=f"{name}: empty scenario file"):
+            load(tmp_path / name)
 
 
 def test_arm_settings_are_validated_when_loaded():
@@ -110,13 +130,25 @@ def test_cut_repeats_and_truncates():
 
 @settings(max_examples=40, deadline=None)
 @given(spec=schedule_specs())
-def test_generated_schedule_specs_cover_exactly_the_frames(spec):
-    scn = parse({"cameras": 2, "frames_per_camera": 37, "schedule": spec,
-                 "corruptions": ["clean", "gaussian_noise", "contrast"]})
+def test_generated_schedule_specs_are_followed_and_cover_exactly_the_frames(spec):
+    """Each camera's schedule has exactly frames_per_camera frames and follows its spec: periodic shifts every
+    period frames to another domain, random lengths stay in [min_len, max_len], explicit segments repeat in order."""
+    frames, domains = 37, ["clean", "gaussian_noise", "contrast"]
+    scn = parse({"cameras": 2, "frames_per_camera": frames, "schedule": spec, "corruptions": domains})
     for c in range(2):
-        sched = scn.schedule_for(c)
-        assert len(sched) == 37
-        assert all(seg.domain in scn.corruptions for seg in sched.segments)
+        segs = scn.schedule_for(c).segments
+        lengths = [s.length for s in segs]
+        assert sum(lengths) == frames and {s.domain for s in segs} <= set(domains)
+        if spec["kind"] == "periodic":
+            assert lengths[:-1] == [spec["period"]] * (len(segs) - 1) and lengths[-1] <= spec["period"]
+            assert all(a.domain != b.domain for a, b in zip(segs, segs[1:]))
+        elif spec["kind"] == "random":
+            assert all(spec["min_len"] <= n <= spec["max_len"] for n in lengths[:-1]) and lengths[-1] <= spec["max_len"]
+            assert all(a.domain != b.domain for a, b in zip(segs, segs[1:]))
+        else:
+            written = [(d, sev) for d, n, sev in spec["segments"] for _ in range(n)]
+            expected = (written * frames)[:frames]  # repeated, the last repetition cut
+            assert scn.schedule_for(c).per_frame() == expected
 
 
 def test_embedded_run_writes_the_report_contract(tmp_path, tmp_path_factory, data_dir, capsys):

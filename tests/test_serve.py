@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from redis_cluster import RedisCluster
 from redis_server import RedisServer
+from streaming import joined
 
 from dynbn import corrupt
 from dynbn.bundle import fit_bundle
@@ -187,7 +188,7 @@ def test_two_servers_eight_cameras_one_killed(bundle, server, tmp_path, data_dir
         reader = Client(server.url, prefix).results(timeout_s=120)
         seen = list(_take(reader, 40))  # mid-run: results flow from both
         procs[0].kill()                  # SIGKILL: no drain, no release; its leases lapse
-        publisher.join(180)
+        joined(publisher, 180)
         seen += list(_take(reader, cameras * n - len(seen)))
         check_exactly_once_and_events(server.url, prefix, seen, cameras, n)
         assert stop(procs[1])[0] == 0

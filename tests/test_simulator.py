@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import redis
 from hypothesis import given, settings
-from streaming import one_torch_thread, tiny
+from streaming import joined, one_torch_thread, tiny, wait_until
 
 from dynbn.spectrum import to_tensor
-from simulator.publisher import Ids, Publisher, camera_frames
+from simulator.publisher import Publisher, camera_frames
 from simulator.sources import CifarSource, VideoSource, decode_video, write_demo_video
 from simulator.strategies import schedules
-from streamer.transport import MemoryTransport
+from streamer.transport import AlreadyPublished, MemoryTransport
 from streamer.wire import FrameMessage
 
 __all__ = ["one_torch_thread"]  # autouse fixture
@@ -60,51 +60,57 @@ def test_publisher_is_time_major_and_marks_the_run_done(cifar):
     assert [m.seq for m in by_part[0]] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
+class Watched(MemoryTransport):
+    """Records the largest backlog (frames not yet acknowledged) right after each publish."""
+
+    most = 0
+
+    def publish(self, partition, fields, publisher=""):
+        entry_id = super().publish(partition, fields, publisher)
+        self.most = max(self.most, sum(self.backlog()))
+        return entry_id
+
+
 def test_rate_and_backpressure(cifar):
+    """Finding: the backlog was checked every 8 steps and overshot by up to 8 x cameras; it is now checked
+    before every chunk, so it never exceeds max_backlog, also with more cameras than the backlog holds."""
     scn = tiny(cameras=1, frames_per_camera=10, rate_fps=50)
     start = time.monotonic()
     Publisher(scn, MemoryTransport(2), cifar).run()
     assert time.monotonic() - start >= 0.17
-    t = MemoryTransport(2)
-    pub = Publisher(tiny(cameras=2, frames_per_camera=200), t, cifar, max_backlog=10)
+    t = Watched(2)
+    pub = Publisher(tiny(cameras=16, frames_per_camera=20), t, cifar, max_backlog=10)
     th = threading.Thread(target=pub.run)
     th.start()
-    time.sleep(0.5)
-    assert sum(t.backlog()) <= 10 + 8 * 2  # checked every 8 steps of 2 cameras
+    wait_until(lambda: sum(t.backlog()) == 10, 30, "the backlog to fill")
+    time.sleep(0.2)  # the publisher is blocked now: nothing more may go in
+    assert t.most == 10 and pub.published == 10
     pub.stop()
-    th.join(5)
+    joined(th, 5)
 
 
 class Flaky(MemoryTransport):
-    """Stores the first publish, then loses its reply; the retry sees Redis' duplicate-id error."""
+    """Stores the first publish, then loses its reply."""
 
     def __init__(self):
         super().__init__(2)
         self.calls = 0
 
-    def last_id(self):
-        return (0, 0)
-
-    def publish(self, partition, fields, entry_id=None):
+    def publish(self, partition, fields, publisher=""):
         self.calls += 1
+        entry_id = super().publish(partition, fields, publisher)
         if self.calls == 1:
-            super().publish(partition, fields, entry_id)
             raise redis.ConnectionError("reply lost")
-        if self.calls == 2:
-            raise redis.ResponseError("The ID specified in XADD is equal or smaller than the target stream top item")
-        return super().publish(partition, fields, entry_id)
+        return entry_id
 
 
-def test_a_retried_publish_is_not_duplicated(cifar):
+def test_a_retried_publish_is_not_duplicated_and_an_earlier_run_is_refused(cifar):
     t = Flaky()
     assert Publisher(tiny(cameras=1, frames_per_camera=2), t, cifar).run() == 2
+    assert t.backlog() == (2, 0) and t.calls == 3 and t.get_run()["published:cam00"] == "2"
+    with pytest.raises(AlreadyPublished, match="camera cam00 frame 0 is already in partition 0"):
+        Publisher(tiny(cameras=1, frames_per_camera=2), t, cifar).run()  # a second run on the same prefix
     assert t.backlog() == (2, 0)
-
-
-def test_ids_increase_even_when_the_clock_does_not():
-    ids = Ids((10**13, 5))
-    parsed = [tuple(map(int, ids.next().split("-"))) for _ in range(100)]
-    assert parsed == sorted(parsed) and len(set(parsed)) == 100 and parsed[0] > (10**13, 5)
 
 
 def test_video_source_labels_are_the_models_clean_predictions(tmp_path, data_dir, resnet20):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
 
 import pytest
-import redis
 from redis_server import RedisServer
 
 from streamer.keys import Keys, partition_of
-from streamer.redis_transport import RedisTransport, client, connect
-from streamer.transport import Commit, MemoryTransport
+from streamer.redis_transport import RedisSetupError, RedisTransport, client, connect
+from streamer.transport import AlreadyPublished, Commit, MemoryTransport
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +107,24 @@ def test_run_hash_and_result_scan(transport):
     assert got == [{"n": "0"}, {"n": "1"}, {"n": "2"}]
 
 
-def test_partition_of_is_stable():
-    assert partition_of("cam01", 8) == partition_of("cam01", 8)
-    assert {partition_of(f"cam{i}", 4) for i in range(64)} == {0, 1, 2, 3}
+def test_partition_of_is_crc32_so_every_process_agrees():
+    """Publishers and workers find a camera's partition without asking anyone, so every process must compute the
+    same one: crc32 of the camera id (known values), not Python's hash, which is salted per process."""
+    assert partition_of("123456789", 2**32) == 0xCBF43926   # crc32's published check value
+    assert [partition_of(cam, 8) for cam in ("cam00", "cam01", "lobby")] == [2, 4, 7]
+    here = [partition_of(f"cam{i}", 8) for i in range(32)]
+    probe = "from streamer.keys import partition_of; print([partition_of(f'cam{i}', 8) for i in range(32)])"
+    other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert other.stdout.strip() == str(here)
+
+
+def test_partition_of_is_in_range_and_spreads_cameras():
+    """Every camera lands in one of the partitions, and cameras spread over all of them (no idle workers)."""
+    for partitions in (1, 3, 8, 1024):
+        assert all(0 <= partition_of(f"cam{i}", partitions) < partitions for i in range(256))
+    per_partition = Counter(partition_of(f"cam{i}", 4) for i in range(64))
+    assert set(per_partition) == {0, 1, 2, 3} and max(per_partition.values()) <= 2 * min(per_partition.values())
 
 
 def test_redis_urls_with_password_and_tls():
@@ -118,12 +136,74 @@ def test_redis_urls_with_password_and_tls():
     assert tls.connection_pool.connection_kwargs["ssl_ca_certs"] == "/tmp/ca.pem"
 
 
-def test_trimming_keeps_the_newest_maxlen_entries(server):
-    t = RedisTransport(connect(server.url), Keys(f"trim{uuid.uuid4().hex[:6]}"), 1, maxlen=100)
+def frame(camera, seq, size=10):
+    return {"camera": camera, "seq": str(seq), "payload": b"x" * size}
+
+
+def test_a_publish_is_recognised_by_the_frames_own_id(transport):
+    """A retry of a frame that landed writes nothing; the same frame from another publisher is refused."""
+    assert transport.publish(0, frame("c", 0), "run-a") is not None
+    assert transport.publish(0, frame("c", 0), "run-a") is None          # a retry whose first try landed
+    with pytest.raises(AlreadyPublished, match="camera c frame 0 is already in partition 0"):
+        transport.publish(0, frame("c", 0), "run-b")                      # an earlier run under the prefix
+    assert transport.publish(0, frame("c", 1), "run-a") is not None
+    assert transport.publish(0, {"no": "camera"}) is not None             # foreign entries go in as they are
+    assert transport.backlog() == (3, 0) and transport.last_seqs() == {"c": 1}
+
+
+def test_a_foreign_entry_with_a_future_id_blocks_nothing(server):
+    """Finding: one entry with an id in the future made every later XADD with an explicit id fail, and the
+    simulator counted those frames as published. Now ids are Redis's own and nothing is dropped."""
+    t = RedisTransport(connect(server.url), Keys(f"fut{uuid.uuid4().hex[:6]}"), 1)
     t.setup()
-    ids = [t.publish(0, {"i": str(i)}) for i in range(1000)]
-    kept = [e[0].decode() for e in t.r.xrange(t.keys.frames(0))]
-    assert 100 <= len(kept) < 1000 and kept[-100:] == ids[-100:]    # `~` trims only old whole nodes
+    t.r.xadd(t.keys.frames(0), {"foreign": "1"}, id=f"{int(time.time() * 1000) + 10**9}-0")
+    ids = [t.publish(0, frame("c", i)) for i in range(50)]
+    assert all(ids) and len(set(ids)) == 50 and t.backlog() == (51, 0)
+
+
+def test_commits_delete_handled_frames_so_the_backlog_is_what_is_left(transport):
+    """Acked frames leave the stream (memory stays flat) and the backlog counts unread + pending exactly."""
+    for i in range(10):
+        transport.publish(0, frame("c", i))
+    got = transport.read([0], "a", 4, 10)
+    assert transport.acquire(0, "tok", 5000)
+    assert transport.commit(0, "tok", Commit(results=[(e.id, {"r": "1"}) for e in got[:2]])) == 2
+    assert transport.backlog() == (6, 2)
+    assert sorted(s for _, s in transport.queued()) == list(range(2, 10))
+    if isinstance(transport, RedisTransport):
+        assert transport.r.xlen(transport.keys.frames(0)) == 8       # the two handled frames are gone
+
+
+def test_reads_are_bounded_in_bytes_and_oversized_entries_come_without_fields(transport):
+    """Finding: the size check ran after a read of 64 entries, so 64 x 8 MB were held at once."""
+    for i, size in enumerate([100, 100, 5000, 100, 100]):
+        transport.publish(0, frame("c", i, size))
+    first = transport.read([0], "a", 10, 10, max_bytes=150, max_entry=1000)
+    assert [int(e.fields[b"seq" if b"seq" in e.fields else "seq"]) for e in first] == [0, 1]  # stops once over 150
+    big = transport.read([0], "a", 1, 10, max_bytes=150, max_entry=1000)
+    assert len(big) == 1 and big[0].oversized and big[0].fields == {} and big[0].size > 5000
+    assert len(transport.read([0], "a", 10, 10, max_bytes=10**6, max_entry=1000)) == 2
+    assert transport.backlog() == (0, 5)
+    claimed = transport.claim(0, "b", max_entry=1000)
+    assert [e.oversized for e in claimed] == [False, False, True, False, False]
+
+
+def test_age_retention_deletes_results_and_events_older_than_it(server):
+    """``retention_s``: a commit also deletes results, dead letters and events older than the retention."""
+    t = RedisTransport(connect(server.url), Keys(f"age{uuid.uuid4().hex[:6]}"), 1, retention_s=0.5)
+    t.setup()
+    assert t.acquire(0, "tok", 10_000)
+
+    def handle(seqs):
+        for i in seqs:
+            t.publish(0, frame("c", i))
+        got = t.read([0], "a", 10, 10)
+        commit = Commit(results=[(e.id, {"seq": e.fields[b"seq"].decode()}) for e in got], events=[{"camera": "c"}])
+        assert t.commit(0, "tok", commit) == len(seqs)
+    handle(range(3))
+    time.sleep(0.8)
+    handle(range(3, 5))
+    assert [f[b"seq"] for f in t.results()] == [b"3", b"4"] and len(t.events()) == 1
 
 
 def test_a_full_commit_over_tls_with_a_password(tmp_path):
@@ -135,7 +215,7 @@ def test_a_full_commit_over_tls_with_a_password(tmp_path):
     except RuntimeError:
         pytest.skip("this redis-server was built without TLS")
     try:
-        with pytest.raises(redis.AuthenticationError):
+        with pytest.raises(RedisSetupError, match="wrong password"):
             connect(srv.url.replace("s3cret", "wrong"), ca_certs=srv.ca).ping()
         t = RedisTransport(connect(srv.url, ca_certs=srv.ca), Keys("tls"), 1)
         t.setup()

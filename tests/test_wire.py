@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
+
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +40,16 @@ def test_jpeg_round_trip_is_close():
     assert np.abs(again.astype(int) - 120).max() <= 3
 
 
+def png_claiming(width, height) -> bytes:
+    """A 1x1 PNG whose header claims width x height (its CRC fixed, so only the size is a lie)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
 BAD = {
     "missing field": ({"camera": None}, "missing field 'camera'"),
     "wrong shape": ({"shape": "32,32,4"}, "shape"),
@@ -43,6 +58,11 @@ BAD = {
     "truncated": ({"payload": frame().tobytes()[:1000]}, "raw payload has 1000 bytes"),
     "undecodable png": ({"encoding": "png", "payload": b"\x89PNG\r\n\x1a\n" + b"\x00" * 50}, "png payload does not decode"),
     "oversized": ({"payload": b"\x00" * (2 << 20)}, "exceeds the limit"),
+    # finding: a 10000x10000 PNG bomb was refused as "payload is PNG (10000, 10000), the message says png"
+    "png bomb": ({"encoding": "png", "payload": png_claiming(10000, 10000)},
+                 "png payload is 10000x10000 pixels, over the limit of 1024 per side"),
+    "png of another size": ({"encoding": "png", "payload": png_claiming(1, 1)}, "png payload is 1x1 pixels, the message says"),
+    "jpeg said, png sent": ({"encoding": "jpeg", "payload": png_claiming(32, 32)}, "payload is PNG, the message says jpeg"),
     "bad version": ({"v": "9"}, "wire version"),
     "bad camera": ({"camera": "cam 1; DROP"}, "camera id"),
     "bad seq": ({"seq": "-1"}, "seq"),

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from streaming import one_torch_thread, arms_for, artifacts_root, tiny
+from streaming import arms_for, artifacts_root, joined, one_torch_thread, preds, tiny, wait_until
+from streaming import consume as run
 
 from dynbn.vote import DEFAULT_RULE, VoteRule
 from simulator.publisher import Publisher
@@ -25,22 +26,6 @@ __all__ = ["one_torch_thread"]  # autouse fixture
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, data_dir):
     return {"root": artifacts_root(tmp_path_factory), "data_dir": data_dir, "source": CifarSource("test", 0, data_dir)}
-
-
-def run(scn, env, batch=None, transport=None, **kw):
-    """Publish a scenario, consume it with one worker until done; returns (transport, worker)."""
-    t = transport or MemoryTransport(scn.partitions)
-    Publisher(scn, t, env["source"], max_backlog=10**6).run()
-    w = Worker(t, arms_for(scn, env["root"], env["data_dir"]), batch_size=batch or scn.batch.size,
-               max_wait_ms=scn.batch.max_wait_ms, **kw)
-    w.startup()
-    w.run(until_done=True)
-    w.shutdown()
-    return t, w
-
-
-def preds(t):
-    return {(r.camera, r.seq): r.preds for r in parse_results(t.results())}
 
 
 def test_every_frame_gets_one_result_with_every_arm(env):
@@ -65,12 +50,12 @@ def test_arms_are_built_with_the_scenarios_arm_settings(env):
 def test_malformed_and_poison_entries_are_dead_lettered(env):
     scn = tiny(cameras=1, frames_per_camera=4)
     t = MemoryTransport(scn.partitions)
-    good = FrameMessage.from_frame("cam00", 99, env["source"].take(0, 0, 1)[0][0], time.time()).to_fields()
+    good = FrameMessage.from_frame("other", 0, env["source"].take(0, 0, 1)[0][0], time.time()).to_fields()
     t.publish(0, {**good, "shape": "32,32,1"})
-    t.publish(0, {**good, "payload": good["payload"][:10]})
-    t.publish(0, {**good, "truth": "{not json"})
-    t.publish(0, {**good, "payload": FrameMessage.from_frame("cam00", 1, env["source"].take(0, 0, 1)[0][0].repeat(2, 0).repeat(2, 1), 0.0).payload, "shape": "64,64,3"})
-    t.publish(1, good)
+    t.publish(0, {**good, "seq": "1", "payload": good["payload"][:10]})
+    t.publish(0, {**good, "seq": "2", "truth": "{not json"})
+    t.publish(0, {**good, "seq": "3", "payload": FrameMessage.from_frame("cam00", 1, env["source"].take(0, 0, 1)[0][0].repeat(2, 0).repeat(2, 1), 0.0).payload, "shape": "64,64,3"})
+    t.publish(1, {**good, "seq": "4"})
     for _ in range(3):  # three workers died on it: the next claim is its fourth delivery
         t.read([1], "ghost", 10, 1) or t.claim(1, "ghost")
     t, w = run(scn, env, transport=t, max_deliveries=3)
@@ -110,10 +95,9 @@ def test_stop_finishes_and_acks_the_batch_in_hand(env):
     w.startup()
     th = threading.Thread(target=w.run)
     th.start()
-    while t.counts()[0] < 32:
-        time.sleep(0.01)
+    wait_until(lambda: t.counts()[0] >= 32, 60, "32 results")
     w.stop.set()
-    th.join(10)
+    joined(th, 10)
     w.shutdown()
     undelivered, pending = t.backlog()
     assert pending == 0 and undelivered > 0 and t.counts()[0] == w.counters["results"]

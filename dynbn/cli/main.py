@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from streamer.redis_transport import RedisSetupError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import corruptions, data
@@ -141,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bars, not through them
             return args.func(args)
-    except data.DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (data.DataError, RedisSetupError) as exc:  # a missing file; a password or TLS setting Redis refuses
+        return fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import time
 import redis
 from simulator.frames import SourceError, open_frames
 from streamer.client import Client, ServiceMismatch
+from streamer.completion import exit_on_sigterm
 from streamer.keys import DEFAULT_PREFIX
 from streamer.serve import ServeSettings, serve
 
@@ -26,13 +27,14 @@ def _url(args) -> str:
 
 
 def cmd_serve(args) -> int:
-    """Serve a bundle until SIGTERM/SIGINT."""
+    """Serve a bundle until SIGTERM/SIGINT (SIGTERM while still starting: exit 143)."""
+    exit_on_sigterm()  # loading the bundle and waiting for Redis end at once; serving installs its own handler
     given = {k: getattr(args, k) for k in ("bundle", "redis_url", "prefix", "arm", "device", "batch", "max_wait_ms",
-                                           "partitions", "retention", "name", "threads")}
+                                           "partitions", "retention", "retention_s", "max_batch_bytes", "name", "threads")}
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         return serve(settings)
-    except (BundleError, ServiceMismatch, ValueError, redis.AuthenticationError, redis.ResponseError) as exc:
+    except (BundleError, ServiceMismatch, ValueError, redis.ResponseError) as exc:  # RedisSetupError: see main
         return fail(str(exc))
 
 
@@ -132,6 +134,10 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, help="frames per batch at most (default 64)")
     p.add_argument("--max-wait-ms", type=int, default=None, help="wait after a batch's first frame (default 20)")
     p.add_argument("--retention", type=int, default=None, help="results/events kept per partition (default 100000)")
+    p.add_argument("--retention-s", type=float, default=None,
+                   help="also delete results/events older than this many seconds (default: keep by count only)")
+    p.add_argument("--max-batch-bytes", type=int, default=None,
+                   help="frame bytes one batch reads at most, plus one entry (default 64 MiB)")
     p.add_argument("--name", default=None, help="worker name (default: random)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=cmd_serve)
