@@ -36,7 +36,8 @@ from redis_server import RedisServer  # noqa: E402
 
 from streamer.artifacts import load_or_fit  # noqa: E402
 from streamer.keys import Keys  # noqa: E402
-from streamer.redis_transport import RedisTransport, connect  # noqa: E402
+from streamer.connection import connect  # noqa: E402
+from streamer.redis_transport import RedisTransport  # noqa: E402
 from streamer.scenario import parse  # noqa: E402
 
 SCENARIO = {

@@ -32,7 +32,8 @@ from redis_server import RedisServer  # noqa: E402
 from streamer.artifacts import load_or_fit  # noqa: E402
 from streamer.completion import wait_complete  # noqa: E402
 from streamer.keys import Keys  # noqa: E402
-from streamer.redis_transport import RedisTransport, connect  # noqa: E402
+from streamer.connection import connect  # noqa: E402
+from streamer.redis_transport import RedisTransport  # noqa: E402
 from streamer.scenario import load  # noqa: E402
 from streamer.summary import parse_results, summarize, table, write  # noqa: E402
 

@@ -62,7 +62,8 @@ from streamer.arms import build_arms  # noqa: E402
 from streamer.artifacts import load_or_fit  # noqa: E402
 from streamer.completion import run_complete  # noqa: E402
 from streamer.keys import Keys  # noqa: E402
-from streamer.redis_transport import RedisTransport, connect  # noqa: E402
+from streamer.connection import connect  # noqa: E402
+from streamer.redis_transport import RedisTransport  # noqa: E402
 from streamer.scenario import load  # noqa: E402
 from streamer.summary import parse_results  # noqa: E402
 from streamer.wire import FrameMessage  # noqa: E402

@@ -22,7 +22,8 @@ from streamer.completion import run_complete
 from streamer.consumer import Worker
 from streamer.keys import Keys
 from streamer.lifecycle import resolve_device
-from streamer.redis_transport import RedisTransport, connect
+from streamer.connection import connect
+from streamer.redis_transport import RedisTransport
 from streamer.scenario import Scenario
 from streamer.summary import parse_results, summarize, table, write
 from streamer.transport import MemoryTransport

@@ -25,7 +25,7 @@ import numpy as np
 from dynbn import corruptions
 from dynbn.domains import CLEAN
 from dynbn.progress import progress
-from streamer.redis_transport import TRANSIENT
+from streamer.connection import TRANSIENT
 from streamer.scenario import Scenario
 from streamer.transport import Transport
 from streamer.wire import FrameMessage, Truth

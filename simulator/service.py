@@ -12,7 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dynbn.data import frost_dir
 from streamer.completion import exit_on_sigterm, retrying, service_connect
 from streamer.keys import DEFAULT_PREFIX, Keys
-from streamer.redis_transport import TRANSIENT, RedisTransport
+from streamer.connection import TRANSIENT
+from streamer.redis_transport import RedisTransport
 from streamer.scenario import load, resolve
 from streamer.settings import REDIS_URL
 

@@ -10,7 +10,7 @@
 Readers resume: every item carries ``id`` (``"partition/entry-id"``) and the reader's
 ``cursor`` (one position per partition, as text) can be passed back as ``after=`` to go on
 where it stopped, in this process or another one. Works against one Redis server or a
-Redis Cluster (the same URL form; ``streamer.redis_transport.connect`` tells them apart).
+Redis Cluster (the same URL form; ``streamer.connection.connect`` tells them apart).
 
 A camera's frames go to partition ``partition_of(camera)``, numbered on from the camera's last
 seq in Redis, so a publisher that restarts goes on numbering (one publisher per camera at a
@@ -29,7 +29,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .keys import DEFAULT_PREFIX, Keys, partition_of
-from .redis_transport import RedisTransport, connect
+from .connection import connect
+from .redis_transport import RedisTransport
 from .wire import Event, FrameMessage, ResultMessage
 
 DEFAULT_PARTITIONS = 8

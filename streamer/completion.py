@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from .redis_transport import TRANSIENT, RedisSetupError, connect, setup_error
+from .connection import TRANSIENT, RedisSetupError, connect, setup_error
 
 log = logging.getLogger("streamer")
 

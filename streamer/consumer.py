@@ -47,16 +47,14 @@ import time
 import uuid
 from collections import Counter, deque
 
-import numpy as np
 import redis
 import torch
 
-from dynbn.spectrum import to_tensor
-
 from . import arms as arms_mod
-from .redis_transport import TRANSIENT
+from . import scoring
+from .connection import TRANSIENT
 from .transport import DEFAULT_READ_BYTES, Commit, Entry, Transport
-from .wire import MAX_PAYLOAD_BYTES, Event, FrameMessage, Malformed, ResultMessage, dead_fields
+from .wire import MAX_PAYLOAD_BYTES, dead_fields
 
 log = logging.getLogger("streamer.worker")
 ENTRY_OVERHEAD = 64 << 10  # an entry's fields besides the payload (camera, truth, ...) stay well under this
@@ -64,10 +62,6 @@ ENTRY_OVERHEAD = 64 << 10  # an entry's fields besides the payload (camera, trut
 
 class RunMismatch(RuntimeError):
     """The run in Redis is not one this worker can serve (another number of partitions)."""
-
-
-class ArmFailed(RuntimeError):
-    """An arm raised on a batch; the message (arm, error) is the dead-letter reason of the batch's frames."""
 
 
 class Worker:
@@ -290,54 +284,17 @@ class Worker:
         self.queue.extend(got[self.batch_size:])
         return got[:self.batch_size]
 
-    def _parse(self, batch: list[Entry]):
-        """Split a batch into usable (entry, message, frame) and dead (entry, reason)."""
-        good, dead = [], []
-        for e in batch:
-            if e.oversized:
-                dead.append((e, f"entry of {e.size} bytes exceeds the limit of {self.max_payload} payload bytes (not read)"))
-                continue
-            if e.deliveries > self.max_deliveries:
-                dead.append((e, f"delivered {e.deliveries} times (limit {self.max_deliveries}): poison message?"))
-                continue
-            try:
-                msg = FrameMessage.from_fields(e.fields, self.max_payload)
-                frame = msg.decode()
-                if frame.shape != self.input_shape:
-                    raise Malformed(f"frame shape {frame.shape}, the model takes {self.input_shape}")
-            except Malformed as exc:
-                dead.append((e, str(exc)))
-                continue
-            good.append((e, msg, frame))
-        return good, dead
-
-    @torch.no_grad()
-    def _predict(self, good) -> dict[str, tuple[list[int], list[float], list | None]]:
-        """Every arm on the batch: arm -> (class per frame, its probability, conditions or None)."""
-        x = to_tensor(np.stack([f for _, _, f in good])).to(self.device)  # B x 3 x H x W
-        cams = [m.camera for _, m, _ in good]
-        # the true domains, for oracle arms only; a camera's frames carry none
-        truth = None if any(m.truth is None for _, m, _ in good) else [m.truth.domain for _, m, _ in good]
-        out = {}
-        for name, arm in self.arms.items():
-            try:
-                confidence, classes = arm(x, cams, truth).softmax(1).max(1)
-            except Exception as exc:  # one arm's bug must not stop the worker: see _process
-                raise ArmFailed(f"arm {name} failed: {type(exc).__name__}: {exc}") from exc
-            out[name] = (classes.tolist(), confidence.tolist(), arm.last_conditions())
-        return out
-
     def _process(self, batch: list[Entry]) -> None:
         """Predict with every arm, then one atomic commit per partition touched."""
         t0 = time.perf_counter()
-        good, dead = self._parse(batch)
+        good, dead = scoring.parse(batch, self.max_deliveries, self.max_payload, self.input_shape)
         self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
         commits: dict[int, Commit] = {}
         if good:
             t0 = time.perf_counter()
             try:
-                outputs = self._predict(good)
-            except ArmFailed as exc:
+                outputs = scoring.predict(self.arms, good, self.device)
+            except scoring.ArmFailed as exc:
                 log.exception("worker %s: %s; dead-lettering the batch's %d frames", self.name, exc, len(good))
                 self.counters["arm_errors"] += 1
                 dead += [(e, str(exc)) for e, _, _ in good]
@@ -346,9 +303,9 @@ class Worker:
             t_done = time.time()
             for i, (e, m, _) in enumerate(good):
                 commit = commits.setdefault(e.partition, Commit())
-                result = self._result(e, m, i, outputs, t_done)
+                result = scoring.result(e, m, i, outputs, t_done, self.name, self.class_names)
                 commit.results.append((e.id, result.to_fields()))
-                event = self._track(result)
+                event = scoring.track(self.conditions, result)
                 if event is not None:
                     commit.events.append(event.to_fields())
                 self.cameras.setdefault(e.partition, set()).add(m.camera)
@@ -361,30 +318,6 @@ class Worker:
                                                                 if cam in self.conditions})
             self._commit(p, c)
         self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
-
-    def _result(self, e: Entry, m: FrameMessage, i: int, outputs: dict, t_done: float) -> ResultMessage:
-        """Frame i's result: the first (served) arm's answer and every arm's class."""
-        classes, confidence, conditions = next(iter(outputs.values()))
-        c = conditions[i] if conditions else None
-        label = classes[i]
-        name = self.class_names[label] if self.class_names and label < len(self.class_names) else None
-        return ResultMessage(camera=m.camera, seq=m.seq, frame_id=e.id, worker=self.name, t_pub=m.t_pub, t_done=t_done,
-                             label=label, class_name=name, confidence=confidence[i],
-                             condition=c.domain if c else None, severity=c.severity if c else None,
-                             detector_confidence=c.confidence if c else None, truth=m.truth,
-                             preds={a: o[0][i] for a, o in outputs.items()},
-                             detected={a: o[2][i].domain for a, o in outputs.items() if o[2]})
-
-    def _track(self, r: ResultMessage) -> Event | None:
-        """An event when the camera's condition differs from the one last announced (none for its first frame)."""
-        if r.condition is None:
-            return None
-        before = self.conditions.get(r.camera)
-        self.conditions[r.camera] = r.condition
-        if before is None or before == r.condition:
-            return None
-        return Event(camera=r.camera, seq=r.seq, to=r.condition, severity=r.severity, confidence=r.detector_confidence,
-                     time=r.t_done, **{"from": before})
 
     def _commit(self, p: int, c: Commit) -> None:
         token = self.tokens.get(p)

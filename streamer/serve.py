@@ -27,7 +27,8 @@ from .completion import retrying
 from .consumer import Worker
 from .lifecycle import resolve_device, run_worker
 from .keys import DEFAULT_PREFIX, Keys
-from .redis_transport import RedisTransport, connect
+from .connection import connect
+from .redis_transport import RedisTransport
 from .settings import REDIS_URL
 from .wire import MAX_PAYLOAD_BYTES
 

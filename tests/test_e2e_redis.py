@@ -24,7 +24,8 @@ from simulator.strategies import scenarios
 from streamer.completion import wait_complete
 from streamer.consumer import Worker
 from streamer.keys import Keys
-from streamer.redis_transport import RedisTransport, connect
+from streamer.connection import connect
+from streamer.redis_transport import RedisTransport
 from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
 from streamer.wire import FrameMessage

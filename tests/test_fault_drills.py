@@ -22,7 +22,8 @@ from simulator.publisher import Publisher
 from simulator.sources import CifarSource
 from streamer.consumer import RunMismatch, Worker
 from streamer.keys import Keys
-from streamer.redis_transport import RedisTransport, connect
+from streamer.connection import connect
+from streamer.redis_transport import RedisTransport
 from streamer.summary import parse_results, summarize
 from streamer.transport import MemoryTransport
 from streamer.wire import FrameMessage

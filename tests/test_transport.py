@@ -14,7 +14,8 @@ import pytest
 from redis_server import RedisServer
 
 from streamer.keys import Keys, partition_of
-from streamer.redis_transport import RedisSetupError, RedisTransport, client, connect
+from streamer.connection import RedisSetupError, client, connect
+from streamer.redis_transport import RedisTransport
 from streamer.transport import AlreadyPublished, Commit, MemoryTransport
 
 

@@ -18,7 +18,8 @@ from simulator.publisher import Publisher
 from simulator.sources import CifarSource
 from streamer.consumer import Worker
 from streamer.keys import GROUP, Keys
-from streamer.redis_transport import TRANSIENT, RedisTransport, connect
+from streamer.connection import TRANSIENT, connect
+from streamer.redis_transport import RedisTransport
 from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
 from streamer.wire import Event, FrameMessage

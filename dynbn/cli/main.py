@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamer.redis_transport import RedisSetupError
+from streamer.connection import RedisSetupError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import corruptions, data
