@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streamer.summary import markdown, summarize
 from streamer.wire import ResultMessage, Truth
 
@@ -68,3 +71,20 @@ def test_a_frame_taken_by_the_stream_then_gone_is_removed_unhandled():
     rep = summarize(results, [], {"published:a": "4"}, "memory", accepted={"a": 3}, queued=[("a", 3)])
     assert rep["accounting"]["per_camera"]["a"]["lost_causes"] == {"removed_unhandled": 1}
     assert rep["accounting"]["queued"] == 1 and rep["missing_results"] == 2  # lost or still waiting: not done
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(0, 40), accepted=st.integers(-1, 45))
+def test_accounting_puts_every_published_frame_in_exactly_one_place(data, n, accepted):
+    """Whatever happened to each frame (scored, dead-lettered, queued, or nothing), the per-camera counts add
+    up to what was published, and a loss is `never_arrived` exactly when the stream never took its seq."""
+    fate = data.draw(st.lists(st.sampled_from(["scored", "dead", "queued", "lost"]), min_size=n, max_size=n))
+    results = [shifted("a", s, s, 1) for s, f in enumerate(fate) if f == "scored"]
+    dead_letters = [dead("a", s, "invalid field truth: x") for s, f in enumerate(fate) if f == "dead"]
+    queued = [("a", s) for s, f in enumerate(fate) if f == "queued"]
+    acc = summarize(results, dead_letters, {"published:a": str(n)}, "memory", {"a": accepted}, queued)["accounting"]
+    cam = acc["per_camera"]["a"]
+    assert cam["scored"] + cam["dead_lettered"] + cam["queued"] + cam["lost"] == n
+    lost = [s for s, f in enumerate(fate) if f == "lost"]
+    assert cam["lost_causes"].get("never_arrived", 0) == sum(s > accepted for s in lost)
+    assert cam["lost_causes"].get("removed_unhandled", 0) == sum(s <= accepted for s in lost)
