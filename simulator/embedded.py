@@ -23,10 +23,12 @@ from streamer.consumer import Worker
 from streamer.keys import Keys
 from streamer.lifecycle import resolve_device
 from streamer.connection import connect
+from streamer.observe import Observer
 from streamer.redis_transport import RedisTransport
 from streamer.scenario import Scenario
 from streamer.summary import parse_results, summarize, table, write
 from streamer.transport import MemoryTransport
+from streamer.web import serve_http
 
 from .publisher import Publisher
 from .sources import make_source
@@ -41,14 +43,19 @@ def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = No
 
 def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None, artifacts=None, data_dir=None,
                  workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600,
-                 max_backlog: int | None = None) -> dict:
+                 max_backlog: int | None = None, serve_page: int = 0) -> dict:
     """Fit (or load) artifacts, publish, consume, report; returns the report dict. ``max_backlog``: frames not
-    yet acknowledged before the simulator waits (default: four batches per worker)."""
+    yet acknowledged before the simulator waits (default: four batches per worker). ``serve_page``: a port for
+    the live page, /metrics and the health endpoints while the run lasts (0: none)."""
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
     device = resolve_device()
-    pool = [_worker(transport, scn, model, table_, detector, device, f"embedded-{i}") for i in range(workers)]
+    observer = Observer(scn.domains())
+    server = serve_http(observer, serve_page) if serve_page else None
+    pool = [_worker(transport, scn, model, table_, detector, device, f"embedded-{i}", observer) for i in range(workers)]
+    for w in pool:
+        observer.attach(w, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device)
     source = make_source(scn, data_dir, artifacts, model)
     # a few batches in flight per worker keep workers busy without queueing the whole run
     # (latency then measures processing, not how far ahead the simulator ran)
@@ -62,6 +69,7 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
         threads.append(threading.Thread(target=w.run, kwargs={"until_done": True}, name=w.name, daemon=True))
     for th in threads:
         th.start()
+    observer.state = "running"
     try:
         _progress(transport, scn, threads, timeout_s, log)
     finally:
@@ -72,6 +80,9 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
             th.join(timeout=30)
         for w in pool:
             w.shutdown()
+        observer.state = "stopped"
+        if server is not None:
+            server.shutdown()
     results = parse_results(transport.results())
     rep = summarize(results, transport.dead_letters(), transport.get_run(), transport.name, transport.last_seqs(),
                     transport.queued())
@@ -81,11 +92,11 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
     return rep
 
 
-def _worker(transport, scn: Scenario, model, table, detector, device: str, name: str) -> Worker:
+def _worker(transport, scn: Scenario, model, table, detector, device: str, name: str, observer: Observer) -> Worker:
     """A worker with its own arms (arms hold per-camera state)."""
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     return Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=name,
-                  device=device, input_shape=input_shape(model), class_names=list(CLASSES))
+                  device=device, input_shape=input_shape(model), class_names=list(CLASSES), observer=observer)
 
 
 def _progress(transport, scn: Scenario, threads, timeout_s: float, log) -> None:

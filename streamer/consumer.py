@@ -70,9 +70,10 @@ class Worker:
     def __init__(self, transport: Transport, arms: dict, *, batch_size: int = 64, max_wait_ms: int = 50,
                  name: str | None = None, lease_ms: int = 5000, max_deliveries: int = 5,
                  max_payload: int = MAX_PAYLOAD_BYTES, max_batch_bytes: int = DEFAULT_READ_BYTES,
-                 input_shape=(32, 32, 3), device: str = "cpu", class_names: list[str] | None = None) -> None:
+                 input_shape=(32, 32, 3), device: str = "cpu", class_names: list[str] | None = None,
+                 observer=None) -> None:
         self.t, self.arms = transport, arms
-        self.class_names = class_names
+        self.class_names, self.observer = class_names, observer  # observer: a streamer.observe.Observer, or None
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
         self.name = name or f"w-{uuid.uuid4().hex[:8]}"
         self.lease_ms, self.max_deliveries, self.max_payload = lease_ms, max_deliveries, max_payload
@@ -89,6 +90,7 @@ class Worker:
         self._lost: set[int] = set()
         self._releasing: set[int] = set()      # owned partitions being handed back: no new reads
         self._next_balance = 0.0
+        self._started = self._broken = False
 
     # -- lifecycle -------------------------------------------------------------------------
     @torch.no_grad()
@@ -106,6 +108,7 @@ class Worker:
         self.live = self.t.heartbeat(self.name, self.lease_ms)
         self._beat = threading.Thread(target=self._heartbeat, name=f"{self.name}-heartbeat", daemon=True)
         self._beat.start()
+        self._started = True
 
     def shutdown(self) -> None:
         """Release leases (others take over at once) and log one line of counters."""
@@ -151,6 +154,8 @@ class Worker:
                 self._broken = True
             except TRANSIENT as exc:
                 self.counters["reconnects"] += 1
+                if self.observer is not None:
+                    self.observer.reconnected()
                 log.warning("worker %s: redis unavailable (%s); retrying in %.1f s", self.name, exc, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -164,6 +169,12 @@ class Worker:
                 self._process(self._take_batch())
         except TRANSIENT:
             pass  # their leases lapse; the next owner claims them
+
+    def ready(self) -> bool:
+        """Serving: started, not stopping, Redis answering, and holding partitions (unless there are more
+        live workers than partitions, when idling is this worker's share)."""
+        return (self._started and not self.stop.is_set()
+                and not self._broken and (bool(self.tokens) or self.live > self.t.partitions))
 
     def _complete_run(self) -> str | None:
         """The id of the run in Redis when it is complete (every frame published and handled), else None;
@@ -230,6 +241,9 @@ class Worker:
         self.cameras[p] = set(states)
         claimed = self.t.claim(p, self.name, self.max_entry)
         self.counters["claimed"] += len(claimed)
+        self.counters["adopted"] += 1
+        if self.observer is not None:
+            self.observer.adopted()
         self.queue.extendleft(reversed(claimed))
 
     def _drop(self, p: int) -> None:
@@ -286,10 +300,12 @@ class Worker:
 
     def _process(self, batch: list[Entry]) -> None:
         """Predict with every arm, then one atomic commit per partition touched."""
-        t0 = time.perf_counter()
+        t_start, t0 = time.time(), time.perf_counter()
         good, dead = scoring.parse(batch, self.max_deliveries, self.max_payload, self.input_shape)
         self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
         commits: dict[int, Commit] = {}
+        seen: dict[int, tuple[list, list, list]] = {}  # partition -> results, dead reasons, events (for the observer)
+        compute_s = None
         if good:
             t0 = time.perf_counter()
             try:
@@ -299,35 +315,42 @@ class Worker:
                 self.counters["arm_errors"] += 1
                 dead += [(e, str(exc)) for e, _, _ in good]
                 good = []
-            self.counters["predict_ms"] += int((time.perf_counter() - t0) * 1000)
+            compute_s = time.perf_counter() - t0
+            self.counters["predict_ms"] += int(compute_s * 1000)
             t_done = time.time()
             for i, (e, m, _) in enumerate(good):
                 commit = commits.setdefault(e.partition, Commit())
                 result = scoring.result(e, m, i, outputs, t_done, self.name, self.class_names)
                 commit.results.append((e.id, result.to_fields()))
+                seen.setdefault(e.partition, ([], [], []))[0].append(result)
                 event = scoring.track(self.conditions, result)
                 if event is not None:
                     commit.events.append(event.to_fields())
+                    seen[e.partition][2].append(event)
                 self.cameras.setdefault(e.partition, set()).add(m.camera)
         for e, reason in dead:
             commits.setdefault(e.partition, Commit()).dead.append((e.id, dead_fields(reason, str(e.partition), e.id, e.fields, self.name)))
+            seen.setdefault(e.partition, ([], [], []))[1].append(reason)
         t0 = time.perf_counter()
         for p, c in commits.items():
             cams = {m.camera for e, m, _ in good if e.partition == p}
             c.state = arms_mod.export_states(self.arms, cams, {cam: self.conditions[cam] for cam in cams
                                                                 if cam in self.conditions})
-            self._commit(p, c)
+            if self._commit(p, c) and self.observer is not None:
+                self.observer.batch(*seen[p], t_start, compute_s)
         self.counters["commit_ms"] += int((time.perf_counter() - t0) * 1000)
 
-    def _commit(self, p: int, c: Commit) -> None:
+    def _commit(self, p: int, c: Commit) -> bool:
+        """Commit one partition's part of a batch; False when the lease was lost (nothing written)."""
         token = self.tokens.get(p)
         written = -1 if token is None else self.t.commit(p, token, c)
         if written < 0:
             self.counters["fenced"] += len(c.results) + len(c.dead)
             self._drop(p)  # lease lost: the new owner re-processes these frames from its claim
-            return
+            return False
         self.counters["frames"] += len(c.results) + len(c.dead)
         self.counters["results"] += len(c.results)
         self.counters["dead"] += len(c.dead)
         self.counters["duplicates_skipped"] += len(c.results) + len(c.dead) - written
         self.counters["batches"] += 1
+        return True

@@ -30,6 +30,8 @@ from .keys import DEFAULT_PREFIX, Keys
 from .connection import connect
 from .redis_transport import RedisTransport
 from .settings import REDIS_URL
+from .observe import Observer
+from .web import serve_http
 from .wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("streamer")
@@ -57,9 +59,10 @@ class ServeSettings(BaseSettings):
     max_payload: int = Field(MAX_PAYLOAD_BYTES, ge=1024)
     max_batch_bytes: int = Field(64 << 20, ge=1 << 16, description="frame bytes one batch holds at most (plus one entry)")
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="/metrics, /healthz, /readyz and the live page; 0: off")
 
 
-def build_worker(s: ServeSettings) -> Worker:
+def build_worker(s: ServeSettings, observer: Observer | None = None) -> Worker:
     """Load the bundle, build the arm, connect and agree on the partitions; errors name what is wrong."""
     if s.arm not in available():
         raise ValueError(f"--arm {s.arm!r}: unknown; available: {', '.join(available())}")
@@ -74,10 +77,15 @@ def build_worker(s: ServeSettings) -> Worker:
     r.hset(keys.service, mapping={"arm": s.arm, "bundle": f"{bundle.model_spec}@{bundle.manifest['files']['bn_table.safetensors'][:12]}",
                                   "classes": ",".join(bundle.class_names)})
     transport = RedisTransport(r, keys, partitions, retention=s.retention, retention_s=s.retention_s)
-    return Worker(transport, arms, batch_size=s.batch, max_wait_ms=s.max_wait_ms, name=s.name, lease_ms=s.lease_ms,
-                  max_deliveries=s.max_deliveries, max_payload=s.max_payload,
-                  max_batch_bytes=s.max_batch_bytes, device=device,
-                  input_shape=input_shape(bundle.model), class_names=bundle.class_names)
+    worker = Worker(transport, arms, batch_size=s.batch, max_wait_ms=s.max_wait_ms, name=s.name, lease_ms=s.lease_ms,
+                    max_deliveries=s.max_deliveries, max_payload=s.max_payload,
+                    max_batch_bytes=s.max_batch_bytes, device=device,
+                    input_shape=input_shape(bundle.model), class_names=bundle.class_names, observer=observer)
+    if observer is not None:
+        observer.conditions = set(bundle.domains) | {"unknown"}
+        observer.attach(worker, model=bundle.model_spec, bundle=s.bundle, arm=s.arm, device=device,
+                        partitions=str(partitions), prefix=s.prefix)
+    return worker
 
 
 def serve(s: ServeSettings) -> int:
@@ -85,6 +93,9 @@ def serve(s: ServeSettings) -> int:
     if s.threads:
         torch.set_num_threads(s.threads)
     keep_freed_memory()
-    worker = build_worker(s)
+    observer = Observer()
+    if s.metrics_port:
+        serve_http(observer, s.metrics_port)  # first: /readyz says 503 while the bundle loads
+    worker = build_worker(s, observer)
     log.info("serving %s with %s (max wait %d ms)", s.bundle, s.arm, s.max_wait_ms)
     return run_worker(worker)

@@ -21,8 +21,10 @@ from .consumer import Worker
 from .lifecycle import resolve_device, run_worker
 from .keys import Keys
 from .redis_transport import RedisTransport
+from .observe import Observer
 from .scenario import load, resolve
 from .settings import StreamerSettings
+from .web import PortInUse, serve_http
 
 log = logging.getLogger("streamer")
 
@@ -37,6 +39,13 @@ def main() -> int:
     if s.keep_freed_memory:
         keep_freed_memory()
     scn = load(resolve(s.scenario))
+    observer = Observer(scn.domains())
+    if s.metrics_port:
+        try:
+            serve_http(observer, s.metrics_port)  # first: /readyz says 503 while the artifacts load or fit
+        except PortInUse as exc:
+            log.error("%s", exc)
+            return 2
     device = resolve_device()
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
@@ -45,8 +54,10 @@ def main() -> int:
     worker = Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=s.name,
                     lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload,
                     max_batch_bytes=s.max_batch_bytes, device=device,
-                    input_shape=input_shape(model), class_names=list(CLASSES))
+                    input_shape=input_shape(model), class_names=list(CLASSES), observer=observer)
+    observer.attach(worker, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device)
     return run_worker(worker, until_done=s.exit_when_done)
+
 
 if __name__ == "__main__":
     sys.exit(main())

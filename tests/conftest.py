@@ -10,7 +10,13 @@ import pytest
 import torch
 from hypothesis import settings
 
+from dynbn.bundle import fit_bundle
+from dynbn.detector import DetectorConfig
+from dynbn.fitting import FitConfig
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# workers and `dynbn serve` started by tests keep their HTTP port off unless a test asks for one: several run at once
+os.environ["STREAMER_METRICS_PORT"] = "0"
 
 # Hypothesis: by default (and in CI) the "ci" profile: derandomized, so every run tries the same examples
 # and a failure reproduces; bounded examples (tests that set max_examples keep theirs); no database, no
@@ -78,3 +84,13 @@ def frames(test_split) -> torch.Tensor:
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, data_dir) -> Path:
+    """A small bundle (three domains, a few frames each): fitted in seconds, served like any other."""
+    cfg = FitConfig(domains=("clean", "gaussian_noise", "fog"), detector_images=24, table_images=32, severity_images=16,
+                    detector=DetectorConfig(epochs=3, seed=0), seed=0)
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    fit_bundle("resnet20", out, config=cfg, data_dir=data_dir, log=lambda *_: None)
+    return out

@@ -21,10 +21,7 @@ from redis_server import RedisServer
 from streaming import joined
 
 from dynbn import corrupt
-from dynbn.bundle import fit_bundle
 from dynbn.data import CLASSES, load_cifar10
-from dynbn.detector import DetectorConfig
-from dynbn.fitting import FitConfig
 from simulator.sources import write_demo_video
 from streamer.client import Client
 from streamer.keys import GROUP, Keys
@@ -33,16 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DYNBN = str(Path(sys.executable).parent / "dynbn")
 FIELDS = {"camera", "seq", "label", "class_name", "confidence", "condition", "severity", "detector_confidence",
           "latency_ms"}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, data_dir) -> Path:
-    """A small bundle (three domains, a few frames each): fitted in seconds, served like any other."""
-    cfg = FitConfig(domains=("clean", "gaussian_noise", "fog"), detector_images=24, table_images=32, severity_images=16,
-                    detector=DetectorConfig(epochs=3, seed=0), seed=0)
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    fit_bundle("resnet20", out, config=cfg, data_dir=data_dir, log=lambda *_: None)
-    return out
 
 
 @pytest.fixture(scope="module")

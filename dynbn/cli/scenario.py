@@ -22,7 +22,7 @@ def cmd_run(args) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     out = Path(args.out)
     rep = run_scenario(scn, out, redis_url=url, artifacts=args.artifacts, data_dir=args.data_dir,
-                       workers=args.workers, prefix=args.prefix)
+                       workers=args.workers, prefix=args.prefix, serve_page=args.serve_page)
     print_summary(rep, out)
     return 0 if rep["missing_results"] == 0 and rep["duplicate_results"] == 0 else 1
 
@@ -67,6 +67,8 @@ def register(sub) -> None:
     r.add_argument("--frames", type=int, default=None, help="override frames per camera")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     r.add_argument("--prefix", default=None, help="Redis key prefix (default: a fresh one per run)")
+    r.add_argument("--serve-page", type=int, default=0, metavar="PORT",
+                   help="serve the live page, /metrics and the health endpoints on this port while it runs")
     r.set_defaults(func=cmd_run)
     ls = ss.add_parser("list", help="the scenarios shipped in scenarios/")
     ls.set_defaults(func=cmd_list)

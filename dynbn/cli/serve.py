@@ -13,6 +13,7 @@ from streamer.client import Client, ServiceMismatch
 from streamer.completion import exit_on_sigterm
 from streamer.keys import DEFAULT_PREFIX
 from streamer.serve import ServeSettings, serve
+from streamer.web import PortInUse
 
 from .. import data
 from ..bundle import BundleError
@@ -30,11 +31,12 @@ def cmd_serve(args) -> int:
     """Serve a bundle until SIGTERM/SIGINT (SIGTERM while still starting: exit 143)."""
     exit_on_sigterm()  # loading the bundle and waiting for Redis end at once; serving installs its own handler
     given = {k: getattr(args, k) for k in ("bundle", "redis_url", "prefix", "arm", "device", "batch", "max_wait_ms",
-                                           "partitions", "retention", "retention_s", "max_batch_bytes", "name", "threads")}
+                                           "partitions", "retention", "retention_s", "max_batch_bytes", "name", "threads",
+                                           "metrics_port")}
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
         return serve(settings)
-    except (BundleError, ServiceMismatch, ValueError, redis.ResponseError) as exc:  # RedisSetupError: see main
+    except (BundleError, ServiceMismatch, ValueError, PortInUse, redis.ResponseError) as exc:  # RedisSetupError: see main
         return fail(str(exc))
 
 
@@ -138,6 +140,8 @@ def register(sub) -> None:
                    help="also delete results/events older than this many seconds (default: keep by count only)")
     p.add_argument("--max-batch-bytes", type=int, default=None,
                    help="frame bytes one batch reads at most, plus one entry (default 64 MiB)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="HTTP port of /metrics, /healthz, /readyz and the live page / (default 9400; 0: off)")
     p.add_argument("--name", default=None, help="worker name (default: random)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=cmd_serve)
