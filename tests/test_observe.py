@@ -24,6 +24,7 @@ from streaming import arms_for, artifacts_root, joined, one_torch_thread, tiny, 
 
 from dynbn import corrupt
 from dynbn.data import load_cifar10
+from simulator.embedded import run_scenario
 from simulator.publisher import Publisher
 from simulator.sources import CifarSource
 from streamer.client import Client
@@ -209,3 +210,22 @@ def test_readyz_is_503_from_sigterm_on_while_the_batch_in_hand_drains(data_dir, 
 ])
 def test_dead_letter_reasons_fall_into_a_bounded_set_of_classes(reason, cls):
     assert reason_class(reason) == cls
+
+
+def test_the_embedded_run_serves_the_page_while_it_runs(data_dir, tmp_path_factory, tmp_path):
+    """`dynbn scenario run --serve-page PORT`: the page's data covers every camera of the scenario during the run,
+    /metrics counts its frames, and the port closes when the run ends."""
+    scn = tiny(cameras=3, frames_per_camera=80, partitions=1, rate_fps=40)
+    port, seen = free_port(), {}
+    run = threading.Thread(target=lambda: seen.update(report=run_scenario(
+        scn, tmp_path / "out", artifacts=artifacts_root(tmp_path_factory), data_dir=data_dir, log=lambda *_: None,
+        serve_page=port)))
+    run.start()
+    def cameras() -> int:
+        code, body = get(port, "/status.json")
+        return len(json.loads(body)["cameras"]) if code == 200 else 0
+    wait_until(lambda: cameras() == 3, 120, "every camera on the page")
+    assert get(port, "/readyz")[0] == 200
+    joined(run, 120)
+    assert seen["report"]["frames_with_results"] == 240
+    assert get(port, "/status.json")[0] == 0   # the run is over: nothing listens any more
