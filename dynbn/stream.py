@@ -12,6 +12,12 @@ how many frames of its segment came before it (``since_shift``), how many follow
 (``until_shift``) and its segment number within the camera (0: the camera's first segment,
 which starts with the stream rather than after a shift).
 
+The label order (``dynbn.labels``) decides which pool image each frame shows: ``iid`` (the
+default) is the walk through the shuffled pool above; ``dirichlet:DELTA`` and ``video:L`` take
+the pool positions from ``labels.sequence`` (one sequence, camera c its own block of it, each
+block starting on a fresh video run), and a video order jitters every frame before corruption.
+Shift schedules and corruption draws do not depend on the label order.
+
 Corruption is grouped: all frames of one (domain, severity) go through ``corrupt`` in one
 call, with a generator seeded by (seed, purpose, domain, severity).
 """
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import labels as label_order
 from .domains import CLEAN
 from .sampling import apply
 from .schedule import Schedule, Segment, periodic, random_lengths
@@ -58,6 +65,8 @@ class Stream:
     until_shift: np.ndarray  # T frames of the same segment after this one
     segment: np.ndarray      # T segment number within the camera
     domains: tuple[str, ...]
+    pool: np.ndarray | None = None  # T index of each frame's image in the pool
+    labels_order: str = "iid"       # the label order's spec (dynbn.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,8 +139,13 @@ def _per_camera(schedule: Schedule, domains: Sequence[str]) -> dict[str, np.ndar
 
 
 def build_stream(images: np.ndarray, labels: np.ndarray, schedules: Sequence[Schedule], domains: Sequence[str],
-                 seed: int, frost_dir, purpose: str = "test") -> Stream:
-    """Corrupt and interleave the cameras' frames (pool ``images`` uint8 N x H x W x 3, ``labels`` (N,))."""
+                 seed: int, frost_dir, purpose: str = "test",
+                 labels_order: str | label_order.LabelOrder = "iid") -> Stream:
+    """Corrupt and interleave the cameras' frames (pool ``images`` uint8 N x H x W x 3, ``labels`` (N,)).
+
+    ``labels_order``: ``iid``, ``dirichlet:DELTA`` or ``video:L`` (``dynbn.labels.parse_order``).
+    """
+    lo = label_order.parse_order(labels_order)
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"need a non-empty pool with one label per image, got {len(images)} images, {len(labels)} labels")
     lengths = [len(s) for s in schedules]
@@ -143,14 +157,30 @@ def build_stream(images: np.ndarray, labels: np.ndarray, schedules: Sequence[Sch
         rank[order == c] = np.arange(lengths[c])
     flat = pool_start[order] + rank  # position of each arrival in the cameras' concatenated frames
     meta = {k: np.concatenate([m[k] for m in per_cam]).astype(np.int64)[flat] for k in per_cam[0]}
-    pool = flat % len(images)
-    frames = images[pool].copy()
+    if lo.iid:
+        pool = flat % len(images)
+        frames = images[pool].copy()
+    else:
+        pool = _ordered_pool(labels, lengths, order, rank, lo, np.random.default_rng([seed, PURPOSE[purpose], 1]))
+        frames = label_order.jitter(images[pool], lo, np.random.default_rng([seed, PURPOSE[purpose], 2])).copy()
     for d, s in sorted(set(zip(meta["domain"].tolist(), meta["severity"].tolist()))):
         rows = np.flatnonzero((meta["domain"] == d) & (meta["severity"] == s))
         rng = group_rng(seed, purpose, domains[d], s)
         frames[rows] = apply(frames[rows], domains[d], max(s, 1), rng, frost_dir)
     return Stream(frames, labels[pool].astype(np.int64), order.astype(np.int64), rank, meta["domain"], meta["severity"],
-                  meta["since_shift"], meta["until_shift"], meta["segment"], tuple(domains))
+                  meta["since_shift"], meta["until_shift"], meta["segment"], tuple(domains), pool.astype(np.int64), str(lo))
+
+
+def _ordered_pool(labels: np.ndarray, lengths: Sequence[int], order: np.ndarray, rank: np.ndarray,
+                  lo: label_order.LabelOrder, rng: np.random.Generator) -> np.ndarray:
+    """Pool index of every arrival under a non-iid order: camera c reads its own block of one sequence.
+
+    Blocks are rounded up to whole video runs, so every camera starts on a fresh image.
+    """
+    blocks = [-(-n // lo.hold) * lo.hold for n in lengths]
+    seq = label_order.sequence(labels, sum(blocks), lo, rng)
+    start = np.cumsum([0] + blocks[:-1])
+    return seq[start[order] + rank]
 
 
 def group_rng(seed: int, purpose: str, domain: str, severity: int) -> np.random.Generator:

@@ -69,7 +69,7 @@ class Publisher:
         self._retry(self.t.setup)
         self._retry(self.t.set_run, fresh=True, id=self.run_id, scenario=scn.name, planned=scn.total_frames,
                     published=0, done=0, partitions=scn.partitions, label_kind=self.source.label_kind,
-                    arms=",".join(scn.arms), started=time.time())
+                    labels=scn.labels, arms=",".join(scn.arms), started=time.time())
         streams = [camera_frames(scn, self.source, c, self.frost_dir) for c in range(scn.cameras)]
         cams, t0 = scn.camera_ids, time.monotonic()
         chunk = max(1, min(self.max_backlog, 64))

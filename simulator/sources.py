@@ -1,7 +1,8 @@
 """Frame sources: clean uint8 frames per camera, with labels when they are known; ``make_source`` picks a scenario's.
 
-``CifarSource``: the CIFAR-10 test split, each camera walking its own seeded permutation;
-labels are the dataset's. ``VideoSource``: a video file decoded with PyAV, frames resized
+``CifarSource``: the CIFAR-10 test split, each camera walking its own seeded permutation
+(or, with a non-iid label order, its own ``dynbn.labels.sequence``: Dirichlet-ordered, or
+video runs with per-frame jitter); labels are the dataset's. ``VideoSource``: a video file decoded with PyAV, frames resized
 to the model's input; a video has no labels, so the source labels each frame with the
 model's prediction on that frame *uncorrupted*, and accuracy becomes agreement with the
 clean prediction (``label_kind = "model"``, stated in the report).
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from dynbn import data
+from dynbn import labels as label_order
 from dynbn.models import build_model
 from dynbn.spectrum import to_tensor
 from streamer.artifacts import artifacts_dir
@@ -25,22 +27,42 @@ from streamer.scenario import Scenario
 
 
 class CifarSource:
-    """CIFAR-10 frames; camera c shows images in the order of permutation (seed, c)."""
+    """CIFAR-10 frames; camera c shows images in the order of permutation (seed, c).
+
+    With a non-iid ``labels`` order camera c walks ``dynbn.labels.sequence`` seeded (seed, c)
+    instead: one Dirichlet-ordered pass, or (video:L) a permutation with each image held for L
+    frames, every frame jittered by draws seeded (seed, c, 1); the walk repeats after a pass.
+    """
 
     label_kind = "cifar10"
 
-    def __init__(self, split: str = "test", seed: int = 0, root=None) -> None:
+    def __init__(self, split: str = "test", seed: int = 0, root=None, labels: str = "iid") -> None:
         s = data.load_cifar10(split, root)
         self.images, self.labels, self.seed = s.images, s.labels, seed
+        self.order = label_order.parse_order(labels)
         self._orders: dict[int, np.ndarray] = {}
+        self._jitter: dict[int, label_order.Jitter] = {}
+
+    def _walk(self, camera: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, camera])
+        if self.order.iid:
+            return rng.permutation(len(self.labels))
+        return label_order.sequence(self.labels, len(self.labels) * self.order.hold, self.order, rng)
 
     def take(self, camera: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Frames ``start .. start+n`` of a camera: uint8 (n, 32, 32, 3) and labels (n,)."""
         order = self._orders.get(camera)
         if order is None:
-            order = self._orders[camera] = np.random.default_rng([self.seed, camera]).permutation(len(self.labels))
-        idx = order[np.arange(start, start + n) % len(order)]
-        return self.images[idx], self.labels[idx]
+            order = self._orders[camera] = self._walk(camera)
+        pos = np.arange(start, start + n) % len(order)
+        idx = order[pos]
+        if self.order.kind != "video":
+            return self.images[idx], self.labels[idx]
+        jit = self._jitter.get(camera)
+        if jit is None:
+            jit = self._jitter[camera] = label_order.draw_jitter(len(order), np.random.default_rng([self.seed, camera, 1]))
+        frames = label_order.apply_jitter(self.images[idx], label_order.Jitter(jit.shift[pos], jit.gain[pos]))
+        return frames, self.labels[idx]
 
 
 def decode_video(path: str | os.PathLike, size: int = 32, max_frames: int = 100_000) -> np.ndarray:
@@ -107,7 +129,7 @@ def write_demo_video(path: str | os.PathLike, frames: int = 240, size: int = 64,
 def make_source(scn: Scenario, data_dir=None, artifacts=None, model=None):
     """The scenario's frame source; a video source without a path gets a cached demo clip."""
     if scn.source.kind == "cifar10":
-        return CifarSource(scn.source.split, scn.seed, data_dir)
+        return CifarSource(scn.source.split, scn.seed, data_dir, scn.labels)
     path = scn.source.path
     if path is None:
         path = artifacts_dir(artifacts) / "demo-video.mp4"

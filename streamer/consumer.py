@@ -36,6 +36,10 @@ Memory: a batch holds at most ``max_batch_bytes`` of frames (the last entry read
 it); an entry larger than the payload limit is never transferred: the transport hands it
 over as id and size, and it is dead-lettered by id.
 SIGTERM: stop reading, finish and commit the batch in hand, release leases, log counters.
+Runs: with ``until_done`` the worker refuses a run with other partitions (``RunMismatch``)
+and, started against a run already complete, waits for the next one. What a batch becomes
+(dead letters, predictions, results, events) is ``streamer.scoring``; an ``observer``
+(``streamer.observe``) is told of every committed batch, reconnect and adoption.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynbn import schedule as sched
+from dynbn.labels import parse_order
 from dynbn.corruptions import ALL
 from dynbn.domains import CLEAN, DEFAULT_DOMAINS
 from dynbn.methods.registry import arm_kwargs
@@ -92,6 +93,7 @@ class Scenario(_Strict):
     corruptions: list[str] = Field(default_factory=lambda: ["gaussian_noise", "fog", "contrast", "pixelate"], min_length=1)
     severities: list[int] = Field(default_factory=lambda: [5], min_length=1)
     source: SourceSpec = Field(default_factory=SourceSpec)
+    labels: str = "iid"  # label order of a camera's frames: iid, dirichlet:DELTA or video:L (dynbn.labels)
     rate_fps: float = Field(0.0, ge=0)  # per camera; 0: as fast as the workers take them
     arms: list[str] = Field(default_factory=lambda: ["source", "dynbn_frame"], min_length=1)
     batch: BatchSpec = Field(default_factory=BatchSpec)
@@ -116,6 +118,11 @@ class Scenario(_Strict):
         if any(not 1 <= s <= 5 for s in v):
             raise ValueError(f"severities must be in 1..5, got {v}")
         return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: str) -> str:
+        return str(parse_order(v))  # ValueError naming the value
 
     @field_validator("arms")
     @classmethod
@@ -143,6 +150,13 @@ class Scenario(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return v
+
+    @model_validator(mode="after")
+    def _labels_need_cifar(self) -> "Scenario":
+        if self.labels != "iid" and self.source.kind != "cifar10":
+            raise ValueError(f"labels {self.labels!r} orders CIFAR-10 frames; a {self.source.kind} source plays in its "
+                             "own order: use labels: iid")
+        return self
 
     @model_validator(mode="after")
     def _explicit_domains(self) -> "Scenario":

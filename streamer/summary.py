@@ -43,6 +43,7 @@ def summarize(results: list[ResultMessage], dead: list[dict], run: dict, transpo
     keys = Counter((r.camera, r.seq) for r in results)
     arms = list(results[0].preds) if results else [a for a in run.get("arms", "").split(",") if a]
     out = {"transport": transport, "scenario": run.get("scenario"), "label_kind": run.get("label_kind", "cifar10"),
+           "labels": run.get("labels", "iid"),
            "frames_planned": int(run.get("planned", 0)), "frames_published": int(run.get("published", 0)),
            "frames_with_results": len(keys), "duplicate_results": sum(n - 1 for n in keys.values()),
            "dead_letters": len(dead), "dead_letter_reasons": dict(Counter(_reason(d) for d in dead).most_common(20)),
@@ -137,7 +138,8 @@ def markdown(rep: dict) -> str:
     """Human-readable report."""
     lab = ("accuracy = agreement with the model's prediction on the uncorrupted frame (video: no labels)"
            if rep["label_kind"] == "model" else "accuracy against CIFAR-10 labels. " + CAVEAT)
-    lines = [f"# Stream report: {rep.get('scenario')} ({rep['transport']} transport)", "", lab, "",
+    lines = [f"# Stream report: {rep.get('scenario')} ({rep['transport']} transport, label order "
+             f"{rep.get('labels', 'iid')})", "", lab, "",
              f"Frames published {rep['frames_published']}, with results {rep['frames_with_results']}, "
              f"dead letters {rep['dead_letters']}, lost {rep['missing_results']}"
              + (f" ({', '.join(f'{n} {c}' for c, n in rep['accounting']['lost_causes'].items())})"

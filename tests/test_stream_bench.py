@@ -260,9 +260,9 @@ def test_cli_train_split_streams_the_training_images_held_out_of_fitting(tmp_pat
 
     seen = []
 
-    def recording(images, labels, schedules, domains, seed, frost_dir, purpose="test"):
+    def recording(images, labels, schedules, domains, seed, frost_dir, purpose="test", labels_order="iid"):
         seen.append((images, purpose))
-        return build_stream(images, labels, schedules, domains, seed, frost_dir, purpose)
+        return build_stream(images, labels, schedules, domains, seed, frost_dir, purpose, labels_order)
 
     monkeypatch.setattr(bench, "build_stream", recording)
     art, out = tmp_path / "art", tmp_path / "out"
@@ -382,11 +382,12 @@ def test_cli_arm_option_needs_a_name_a_key_and_a_value(tmp_path):
             main(["stream-bench", "--arm", bad, "--out", str(tmp_path / "o")])
 
 
-def test_stream_bench_help_lists_at_most_twenty_options():
+def test_stream_bench_help_lists_at_most_twenty_one_options():
+    """Protocol choices only, no experiment knobs (21 since --labels, the label order, joined the protocol)."""
     from dynbn.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices["stream-bench"]
-    assert len(sub._actions) <= 20, [a.option_strings for a in sub._actions]
+    assert len(sub._actions) <= 21, [a.option_strings for a in sub._actions]
 
 
 def test_committed_reports_are_their_json_rendered():

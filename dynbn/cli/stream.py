@@ -24,6 +24,7 @@ from .. import data
 from ..bn.table import BNTable
 from ..detector import Detector
 from ..domains import EXTRA, MIXTURES
+from ..labels import parse_order
 from ..experiments.stream_bench import BenchConfig, run_bench
 from ..experiments.stream_plots import write_plots
 from ..experiments.stream_report import stream_markdown
@@ -101,7 +102,8 @@ def artifacts(args, model, out: Path):
 def bench_config(args) -> BenchConfig:
     """The run the options describe; ValueError naming what is wrong."""
     kw = dict(periods=args.periods, batch_sizes=args.batch_sizes, cameras=args.cameras, severity=args.severity,
-              seed=args.seed, phase=not args.no_phase, streams=args.streams, split=args.split)
+              seed=args.seed, phase=not args.no_phase, streams=args.streams, split=args.split,
+              labels=str(parse_order(args.labels)))
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     if args.frames:
         cfg.frames = args.frames
@@ -201,6 +203,9 @@ def register(subparsers) -> None:
                         "mixtures: two corruptions at once (default seen)")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="stream test images, or the training images held out of fitting (for design choices)")
+    p.add_argument("--labels", default="iid", metavar="ORDER",
+                   help="label order: iid (default), dirichlet:DELTA (class runs, e.g. 0.1) or video:L (each image "
+                        "held L frames, jittered)")
     p.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     p.add_argument("--arm", type=_arm_setting, action="append", metavar="NAME.key=value",
                    help="an arm's setting, repeatable: bn_prior.prior=2, dynbn_vote.rule=1,0.3,1,3, dynbn_open.ramp=false")

@@ -44,6 +44,7 @@ class BenchConfig:
     arm_kwargs: dict = field(default_factory=dict)
     streams: str = "seen"         # "seen" (the detector's corruptions), "held-out" (EXTRA) or "mixtures" (MIXTURES)
     split: str = "test"           # "test", or "train": training images held out of fitting (for design choices)
+    labels: str = "iid"           # label order: iid, dirichlet:DELTA or video:L (dynbn.labels)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -210,7 +211,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
         rng = np.random.default_rng([cfg.seed, 20, period])
         frames_per_camera = -(-cfg.frames // cfg.cameras)
         schedules = periodic_schedules(cfg.domains, period, frames_per_camera, cfg.cameras, rng, cfg.severity, cfg.phase)
-        stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, purpose)
+        stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, purpose,
+                              labels_order=cfg.labels)
         for batch_size in cfg.batch_sizes:
             t0 = time.perf_counter()
             for arm in arms.values():
@@ -231,7 +233,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
     prior = arms.get("dynbn_open") or arms.get("dynbn_prior")
     opened = arms.get("dynbn_open")
     return {"severity": cfg.severity, "cameras": cfg.cameras, "seed": cfg.seed, "frames": cfg.frames,
-            "streams": cfg.streams, "split": cfg.split,
+            "streams": cfg.streams, "split": cfg.split, "labels": cfg.labels,
             "periods": list(cfg.periods), "batch_sizes": list(cfg.batch_sizes), "arms": list(cfg.arms),
             "domains": list(cfg.domains), "phase": cfg.phase, "first_k": cfg.first_k,
             "curve_offsets": [-cfg.before, cfg.after - 1],

@@ -187,7 +187,7 @@ def _severity_note(sev: dict | None) -> str:
 def _intro(r: dict) -> list[str]:
     rule = r.get("vote_rule") or {}
     overrides = "; ".join(f"{a}: {kw}" for a, kw in (r.get("arm_kwargs") or {}).items()) or "none"
-    return [f"# dynbn stream-bench ({r.get('model', 'resnet20')}, severity {r['severity']}, {r['cameras']} camera(s), "
+    return ([f"# dynbn stream-bench ({r.get('model', 'resnet20')}, severity {r['severity']}, {r['cameras']} camera(s), "
             f"{r['frames']} frames per stream, seed {r['seed']}"
             + (f", detector seed {r['detector_seed']}" if "detector_seed" in r else "") + ")", "",
             f"Regenerate: `{r.get('command', 'dynbn stream-bench')}`", "", CAVEAT, "",
@@ -201,7 +201,20 @@ def _intro(r: dict) -> list[str]:
             + _severity_note(r.get("vote_severity"))
             + f"hyper-parameters overridden on the command line: {overrides}. {r.get('torch_threads', 1)} torch thread(s)"
             + _machine(r.get("machine")) + ".",
-            "", STREAMS_NOTE[r.get("streams", "seen")], "", arms_note(r), ""]
+            "", STREAMS_NOTE[r.get("streams", "seen")], ""]
+            # reports made before the label order existed were iid and carry no line for it
+            + ([labels_note(r["labels"]), ""] if "labels" in r else []) + [arms_note(r), ""])
+
+
+def labels_note(spec: str) -> str:
+    """One line naming the label order of the streams."""
+    kind, _, arg = spec.partition(":")
+    what = {"iid": "every frame an independent draw from the shuffled pool",
+            "dirichlet": f"classes in long runs, Dirichlet-ordered with concentration {arg} (the NOTE/RoTTA "
+                         "non-i.i.d. protocol)",
+            "video": f"each image held in view for {arg} consecutive frames of its camera, with a shift of up to "
+                     "2 pixels and a few percent brightness change per frame"}.get(kind, spec)
+    return f"Label order: `{spec}`: {what}."
 
 
 def _domain_choice(r: dict) -> list[str]:
