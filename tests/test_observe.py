@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -229,3 +230,16 @@ def test_the_embedded_run_serves_the_page_while_it_runs(data_dir, tmp_path_facto
     joined(run, 120)
     assert seen["report"]["frames_with_results"] == 240
     assert get(port, "/status.json")[0] == 0   # the run is over: nothing listens any more
+
+
+def test_a_taken_metrics_port_is_refused_by_name(bundle, server):
+    """Two `dynbn serve` on one machine with the same port: the second says which port and how to choose another."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([DYNBN, "serve", "--bundle", str(bundle), "--redis-url", server.url,
+                              "--metrics-port", str(port)], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and f"metrics port {port}" in out.stderr and "--metrics-port" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
