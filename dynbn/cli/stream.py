@@ -196,7 +196,7 @@ def register(subparsers) -> None:
     p.add_argument("--periods", type=_ints, default=(1, 4, 16, 64, 256), help="shift periods N (default 1,4,16,64,256)")
     p.add_argument("--batch-sizes", type=_ints, default=(1, 16, 64), help="batch sizes B (default 1,16,64)")
     p.add_argument("--cameras", type=int, default=1, help="cameras, each with its own schedule (default 1)")
-    p.add_argument("--frames", type=int, default=None, help="arrivals per stream (default 4096; 256 with --quick)")
+    p.add_argument("--frames", type=int, default=None, help="arrivals per stream (default 4096; 1024 with --quick)")
     p.add_argument("--no-phase", action="store_true", help="every camera starts at a segment boundary")
     p.add_argument("--streams", choices=list(STREAMS), default="seen",
                    help="seen: the fitted corruptions; held-out: the 4 extra ones the detector and tables never saw; "

@@ -6,7 +6,10 @@ the stream is cut into batches of B arrivals and every arm sees every batch, arm
 turns batch by batch (so a burst of load from another process hits all arms alike). Arms are
 ``reset()`` before each (N, B). Reported per (N, B, arm): accuracy, accuracy in the first k
 frames after each shift, time per frame relative to ``source``, the switch delay of the arms
-that pick a domain per frame, and accuracy around a shift (for plots).
+that pick a domain per frame, and accuracy around a shift (for plots). Every accuracy carries
+a 95 % interval from a bootstrap over (camera, segment) blocks, and the recommended arm is
+compared with every other arm per B, paired on the same frames and block draws
+(``dynbn.experiments.uncertainty``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from ..methods.dynbn_open import UNKNOWN
 from ..progress import progress
 from .machine import machine
 from ..stream import Stream, build_stream, periodic_schedules
+from .uncertainty import RESAMPLES, block_bootstrap, block_ids, paired
+
+RECOMMENDED = "dynbn_vote"   # the arm the paired comparisons are made for
 
 
 @dataclass
@@ -45,10 +51,12 @@ class BenchConfig:
     streams: str = "seen"         # "seen" (the detector's corruptions), "held-out" (EXTRA) or "mixtures" (MIXTURES)
     split: str = "test"           # "test", or "train": training images held out of fitting (for design choices)
     labels: str = "iid"           # label order: iid, dirichlet:DELTA or video:L (dynbn.labels)
+    resamples: int = RESAMPLES    # block-bootstrap resamples for the intervals
+    recommended: str = RECOMMENDED  # the arm compared, paired, with every other arm
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
-        return cls(frames=256, **kw)
+        return cls(frames=1024, **kw)
 
 
 @dataclass
@@ -141,9 +149,34 @@ def domain_right(used: np.ndarray, truth: np.ndarray, known: list[str]) -> np.nd
     return right
 
 
+def correctness(stream: Stream, runs: dict[str, ArmRun]) -> dict[str, np.ndarray]:
+    """Per arm, whether each frame's prediction is right."""
+    return {arm: run.preds == stream.labels for arm, run in runs.items()}
+
+
+def comparisons(kept: dict[tuple[int, int], dict[str, np.ndarray]], blocks: dict[int, np.ndarray],
+                cfg: BenchConfig) -> list[dict]:
+    """Per batch size and arm: the recommended arm's accuracy minus the arm's, averaged over the periods,
+    with a 95 % interval from a bootstrap over each period's blocks done jointly (``uncertainty.paired``)."""
+    if cfg.recommended not in cfg.arms:
+        return []
+    out = []
+    for b in cfg.batch_sizes:
+        rng = np.random.default_rng([cfg.seed, 31, b])
+        res = paired([(kept[(n, b)], blocks[n]) for n in cfg.periods], cfg.recommended, cfg.resamples, rng)
+        out += [{"batch_size": b, "arm": arm, **res[arm]} for arm in cfg.arms if arm in res]
+    return out
+
+
 def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: int, cfg: BenchConfig,
               domain_names: list[str]) -> tuple[list[dict], dict]:
     """Rows of the report for one (N, B) and the around-shift curves."""
+    for arm, run in runs.items():
+        if (run.preds < 0).any():
+            raise RuntimeError(f"arm {arm} left {(run.preds < 0).sum()} frames without a prediction")
+    # the same block draws for every arm of the cell: the intervals of two arms are comparable
+    cis = block_bootstrap(correctness(stream, runs), block_ids(stream.camera, stream.segment), cfg.resamples,
+                          np.random.default_rng([cfg.seed, 30, period, batch_size]))
     src = runs.get("source")
     first = (stream.since_shift < cfg.first_k) & (stream.segment > 0)
     truth_names = np.array(stream.domains)[stream.domain]
@@ -152,11 +185,10 @@ def summarise(stream: Stream, runs: dict[str, ArmRun], period: int, batch_size: 
     flagged = opened.active == len(domain_names) if opened is not None and opened.active is not None else None
     rows, curves = [], {}
     for arm, run in runs.items():
-        if (run.preds < 0).any():
-            raise RuntimeError(f"arm {arm} left {(run.preds < 0).sum()} frames without a prediction")
         correct = run.preds == stream.labels
         tpf = time_per_frame(run.seconds, batch_size, len(stream))
         row = {"period": period, "batch_size": batch_size, "arm": arm, "accuracy": float(correct.mean()),
+               "ci95": cis[arm]["ci95"],
                "frames": len(stream), "first_k": cfg.first_k,
                "first_k_accuracy": float(correct[first].mean()) if first.any() else None,
                "time_per_frame_ms": 1e3 * tpf,
@@ -206,6 +238,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
     purpose = "test" if cfg.split == "test" else "tune"  # training frames get their own corruption draws
     arms = make_arms(cfg, model, table, detector)
     rows, curves, ratios = [], {}, {}
+    kept, blocks = {}, {}  # per (N, B) every arm's per-frame correctness; per N the frames' blocks
     bar = progress(desc="stream-bench", total=len(cfg.periods) * len(cfg.batch_sizes), unit="run")
     for period in cfg.periods:
         rng = np.random.default_rng([cfg.seed, 20, period])
@@ -213,6 +246,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
         schedules = periodic_schedules(cfg.domains, period, frames_per_camera, cfg.cameras, rng, cfg.severity, cfg.phase)
         stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, purpose,
                               labels_order=cfg.labels)
+        blocks[period] = block_ids(stream.camera, stream.segment)
         for batch_size in cfg.batch_sizes:
             t0 = time.perf_counter()
             for arm in arms.values():
@@ -221,6 +255,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             if "source" in runs:
                 for arm, run in runs.items():
                     ratios.setdefault((batch_size, arm), []).extend(np.array(run.seconds) / np.array(runs["source"].seconds))
+            kept[(period, batch_size)] = correctness(stream, runs)
             combo_rows, combo_curves = summarise(stream, runs, period, batch_size, cfg, list(detector.domains))
             rows += combo_rows
             curves[f"{period}/{batch_size}"] = combo_curves
@@ -246,7 +281,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "dynbn_open_ramp": ({"start": opened.ramp[0], "threshold": opened.ramp[1]}
                                 if opened is not None and opened.ramp is not None else None),
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
-            "rows": rows, "curves": curves, "relative_time_pooled": pooled_times(ratios),
+            "rows": rows, "curves": curves, "resamples": cfg.resamples, "recommended": cfg.recommended,
+            "comparisons": comparisons(kept, blocks, cfg), "relative_time_pooled": pooled_times(ratios),
             "torch_threads": torch.get_num_threads(), "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
 

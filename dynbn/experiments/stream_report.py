@@ -63,6 +63,18 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _with_ci(row: dict | None) -> str:
+    """An accuracy with its 95 % interval, "62.1 [58.3, 65.9]" (just the accuracy when the row has none)."""
+    if row is None:
+        return "–"
+    ci = row.get("ci95")
+    return _pct(row["accuracy"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def _row(rows, period, b, arm):
+    return next((r for r in rows if r["period"] == period and r["batch_size"] == b and r["arm"] == arm), None)
+
+
 def _cell(rows, period, b, arm, key="accuracy"):
     for r in rows:
         if r["period"] == period and r["batch_size"] == b and r["arm"] == arm:
@@ -74,14 +86,16 @@ def _pooled(r: dict, b: int, arm: str):
     return r.get("relative_time_pooled", {}).get(str(b), {}).get(arm, {}).get("relative_time")
 
 
-def _table(r: dict, key: str, fmt, pooled: bool = False) -> list[str]:
+def _table(r: dict, key: str, fmt, pooled: bool = False, row_fmt=None) -> list[str]:
+    """One table per B: an arm per line, a period per column; ``row_fmt`` formats the whole row instead."""
     lines = []
     extra = " all N |" if pooled else ""
     for b in r["batch_sizes"]:
         lines += [f"**B = {b}**", "", "| arm | " + " | ".join(f"N={n}" for n in r["periods"]) + f" |{extra}",
                   "|---|" + "---:|" * (len(r["periods"]) + pooled)]
         for arm in r["arms"]:
-            cells = [fmt(_cell(r["rows"], n, b, arm, key)) for n in r["periods"]]
+            cells = [row_fmt(_row(r["rows"], n, b, arm)) if row_fmt else fmt(_cell(r["rows"], n, b, arm, key))
+                     for n in r["periods"]]
             if pooled:
                 cells.append(f"**{fmt(_pooled(r, b, arm))}**")
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -286,9 +300,32 @@ def _on_unknown(r: dict) -> list[str]:
     return lines + [""]
 
 
+def _comparisons(r: dict) -> list[str]:
+    """The paired comparisons of the recommended arm with every other arm (reports made before them: none)."""
+    if "comparisons" not in r:
+        return []
+    rec = r["recommended"]
+    lines = [f"## Paired comparisons: {rec} against every other arm", "",
+             f"Difference in accuracy ({rec} minus the arm, points), averaged over the periods N; both arms are scored "
+             f"on the same frames and the 95 % interval comes from a bootstrap over (camera, segment) blocks "
+             f"({r.get('resamples')} resamples) that draws the same blocks for both arms, each period's stream "
+             "resampled in every draw. 'Above 0': the whole interval is above 0.", "",
+             "| B | arm | diff | 95 % interval | above 0 |", "|---:|---|---:|---|---|"]
+    for c in r["comparisons"]:
+        lo, hi = c["ci95"]
+        lines.append(f"| {c['batch_size']} | {c['arm']} | {100 * c['diff']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                     f"| {'yes' if lo > 0 else 'no'} |")
+    return lines + [""]
+
+
 def stream_markdown(r: dict) -> str:
     """The report as Markdown (JSON is the source of truth)."""
-    lines = _intro(r) + ["## Accuracy (%)", ""] + _table(r, "accuracy", _pct)
+    intervals = any("ci95" in x for x in r["rows"])
+    lines = _intro(r) + ["## Accuracy (%)", ""]
+    if intervals:
+        lines += [f"In brackets: 95 % interval from a bootstrap over (camera, segment) blocks ({r.get('resamples')} "
+                  "resamples; frames of one segment are not independent).", ""]
+    lines += _table(r, "accuracy", _pct, row_fmt=_with_ci if intervals else None) + _comparisons(r)
     lines += [f"## Accuracy (%) in the first {r['first_k']} frames after a shift", ""]
     lines += _table(r, "first_k_accuracy", _pct)
     lines += ["## Compute time per frame relative to source", "",
