@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dynbn.uncertainty import block_bootstrap, block_ids
+
 from .plots import plot_accuracy_over_time, plot_per_arm
 from .wire import ResultMessage
 
@@ -116,6 +118,11 @@ def _reason(d: dict) -> str:
 def _arm_summary(results: list[ResultMessage], arm: str) -> dict:
     scored = [r for r in results if r.truth is not None and r.truth.label >= 0 and arm in r.preds]
     hit = [r.preds[arm] == r.truth.label for r in scored]
+    # a 95 % interval from a bootstrap over (camera, segment) blocks: frames of one segment are not independent
+    cams = {c: i for i, c in enumerate(sorted({r.camera for r in scored}))}
+    ci95 = (block_bootstrap({arm: np.array(hit)}, block_ids(np.array([cams[r.camera] for r in scored]),
+                                                            np.array([r.truth.segment for r in scored])),
+                            rng=np.random.default_rng(0))[arm]["ci95"] if scored else None)
     per_cam, after, per_domain, per_severity = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     for r, h in zip(scored, hit):
         per_cam[r.camera].append(h)
@@ -123,7 +130,7 @@ def _arm_summary(results: list[ResultMessage], arm: str) -> dict:
         per_domain[r.truth.domain].append(h)
         per_severity[str(r.truth.severity)].append(h)
     order = [_bucket(lo) for lo, _ in BUCKETS]
-    return {"frames": len(scored), "accuracy": _acc(hit),
+    return {"frames": len(scored), "accuracy": _acc(hit), "ci95": ci95,
             "per_camera": {c: _acc(v) for c, v in sorted(per_cam.items())},
             "after_shift": {b: _acc(after[b]) for b in order if after[b]},
             "per_domain": {d: _acc(v) for d, v in sorted(per_domain.items())},
@@ -179,10 +186,12 @@ def _pct(v) -> str:
 
 def table(rep: dict) -> str:
     """The per-arm table printed at the end of a run."""
-    lines = ["| arm | frames | accuracy % | detection % |", "|---|---:|---:|---:|"]
+    lines = ["| arm | frames | accuracy % | 95 % interval | detection % |", "|---|---:|---:|---:|---:|"]
     for arm, a in rep["results"].items():
         det = rep["detection"].get(arm, {}).get("accuracy")
-        lines.append(f"| {arm} | {a['frames']} | {_pct(a['accuracy'])} | {_pct(det)} |")
+        ci = a.get("ci95")
+        span = f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "-"
+        lines.append(f"| {arm} | {a['frames']} | {_pct(a['accuracy'])} | {span} | {_pct(det)} |")
     return "\n".join(lines)
 
 

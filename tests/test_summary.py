@@ -88,3 +88,16 @@ def test_accounting_puts_every_published_frame_in_exactly_one_place(data, n, acc
     lost = [s for s, f in enumerate(fate) if f == "lost"]
     assert cam["lost_causes"].get("never_arrived", 0) == sum(s > accepted for s in lost)
     assert cam["lost_causes"].get("removed_unhandled", 0) == sum(s <= accepted for s in lost)
+
+
+def test_each_arms_accuracy_carries_a_block_bootstrap_interval():
+    """Frames of one segment are resampled together: one segment gives a zero-width interval whatever its
+    size, many segments an interval around the accuracy."""
+    right = [int((s // 4) % 2 == 0) for s in range(40)]   # every other run of 4 frames right
+    one = [ResultMessage(camera="c", seq=s, frame_id=f"{s}-0", worker="w", t_pub=0.0, t_done=0.01, label=right[s],
+                         confidence=0.9, truth=Truth(label=1, domain="fog", severity=3, segment=0), preds={"a": right[s]})
+           for s in range(40)]
+    assert summarize(one, [], {}, "memory")["results"]["a"]["ci95"] == [0.5, 0.5]
+    many = [r.model_copy(update={"truth": r.truth.model_copy(update={"segment": r.seq // 4})}) for r in one]
+    low, high = summarize(many, [], {}, "memory")["results"]["a"]["ci95"]
+    assert low < 0.5 < high

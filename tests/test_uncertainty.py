@@ -1,4 +1,4 @@
-"""Block-bootstrap intervals and paired comparisons (dynbn.experiments.uncertainty) and their place in stream-bench."""
+"""Block-bootstrap intervals and paired comparisons (dynbn.uncertainty) and their place in stream-bench."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from test_stream_bench import DOMAINS, cheap_domains, parts  # noqa: F401 (fixtu
 
 from dynbn.experiments.stream_bench import BenchConfig, run_bench
 from dynbn.experiments.stream_report import stream_markdown
-from dynbn.experiments.uncertainty import block_bootstrap, block_ids, paired, resampled_accuracies
+from dynbn.uncertainty import block_bootstrap, block_ids, paired, resampled_accuracies
 
 
 def _blocks(n_blocks: int, size: int) -> np.ndarray:

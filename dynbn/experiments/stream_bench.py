@@ -9,7 +9,7 @@ frames after each shift, time per frame relative to ``source``, the switch delay
 that pick a domain per frame, and accuracy around a shift (for plots). Every accuracy carries
 a 95 % interval from a bootstrap over (camera, segment) blocks, and the recommended arm is
 compared with every other arm per B, paired on the same frames and block draws
-(``dynbn.experiments.uncertainty``).
+(``dynbn.uncertainty``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..methods.dynbn_open import UNKNOWN
 from ..progress import progress
 from .machine import machine
 from ..stream import Stream, build_stream, periodic_schedules
-from .uncertainty import RESAMPLES, block_bootstrap, block_ids, paired
+from ..uncertainty import RESAMPLES, block_bootstrap, block_ids, paired
 
 RECOMMENDED = "dynbn_vote"   # the arm the paired comparisons are made for
 

@@ -1,4 +1,4 @@
-"""Block-bootstrap intervals for stream-bench accuracies and paired differences between arms (numpy only).
+"""Block-bootstrap intervals for stream accuracies (stream-bench, the service report) and paired differences (numpy only).
 
 The unit that is resampled is a **block**: the frames of one segment of one camera (a
 ``(camera, segment)`` pair of ``dynbn.stream.Stream``). Frames within a segment share a
