@@ -23,7 +23,7 @@ from dynbn.experiments.stream_report import acceptance, catch_up
 
 DOMAINS = ("clean", "dark", "noise")
 CONTRACT_ARMS = {"source", "bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns", "dynbn_frame", "dynbn_vote",
-                 "dynbn_open", "dynbn_soft", "dynbn_prior", "dynbn_oracle"}
+                 "dynbn_open", "dynbn_soft", "dynbn_prior", "dynbn_oracle", "lame", "rotta"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,10 +11,12 @@ from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
 from .dynbn_open import DynBNOpen
 from .dynbn_prior import DynBNPrior
 from .dynbn_soft import DynBNSoft
+from .lame import LAME
+from .rotta import RoTTA
 from .registry import BASELINES, REGISTRY, build_method
 from .source import Source
 from .tent import Tent
 from .unmix_tns import UnMixTNS
 
 __all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNOracle", "DynBNVote", "DynBNOpen", "DynBNPrior", "DynBNSoft",
-           "Source", "Tent", "UnMixTNS", "REGISTRY", "BASELINES", "build_method"]
+           "Source", "Tent", "UnMixTNS", "LAME", "RoTTA", "REGISTRY", "BASELINES", "build_method"]

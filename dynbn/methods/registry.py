@@ -30,6 +30,8 @@ from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
 from .dynbn_open import DynBNOpen
 from .dynbn_prior import DynBNPrior
 from .dynbn_soft import DynBNSoft
+from .lame import LAME
+from .rotta import RoTTA
 from .source import Source
 from .tent import Tent
 from .unmix_tns import UnMixTNS
@@ -56,14 +58,14 @@ def _builder(cls) -> Callable[..., Method]:
 CLASSES: dict[str, type[Method]] = {
     "source": Source, "bn_adapt": BNAdapt, "bn_prior": BNPrior, "bn_ema": BNEMA, "tent": Tent, "unmix_tns": UnMixTNS,
     "dynbn_frame": DynBNFrame, "dynbn_vote": DynBNVote, "dynbn_open": DynBNOpen, "dynbn_soft": DynBNSoft,
-    "dynbn_prior": DynBNPrior, "dynbn_oracle": DynBNOracle,
+    "dynbn_prior": DynBNPrior, "dynbn_oracle": DynBNOracle, "lame": LAME, "rotta": RoTTA,
 }
 
 # name -> builder(model, table, detector, **kw); the order is the benchmark's column order
 REGISTRY: dict[str, Callable[..., Method]] = {name: _builder(cls) for name, cls in CLASSES.items()}
 
 # the test-time-adaptation baselines dynbn_vote is compared against
-BASELINES = ("bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns")
+BASELINES = ("bn_adapt", "bn_prior", "bn_ema", "tent", "unmix_tns", "lame", "rotta")
 
 
 def build_method(name: str, model: nn.Module, *, table: BNTable | None = None,

@@ -9,8 +9,8 @@ statistics by that assignment, and the frame is normalised with the moments of t
 weighted mixture of the K blended components. The components then move towards the frames
 assigned to them (an EMA weighted by the assignment).
 
-Why this method and not RoTTA (Yuan et al., CVPR 2023): both target non-i.i.d. streams, but
-RoTTA runs a teacher forward on every batch plus, every 64 frames, a student forward and
+Why this method next to RoTTA (Yuan et al., CVPR 2023; ``dynbn.methods.rotta``): both target
+non-i.i.d. streams, but RoTTA runs a teacher forward on every batch plus, every 64 frames, a student forward and
 backward over its 64-frame memory bank with strong augmentation, i.e. several times the
 classifier's cost per frame and a latency spike every 64 frames at batch size 1. UnMix-TNS
 needs no backward pass and no memory: its extra cost is O(B K C) per BN layer, small against
