@@ -43,7 +43,18 @@ def arms_note(r: dict) -> str:
         "dynbn_soft (statistics mixed by the detector's probabilities); dynbn_prior (dynbn_vote's statistics "
         f"as the prior, {n}, on the statistics of the frame's camera-and-segment group in "
         "the batch; frames voted clean keep the clean entry); dynbn_oracle (true domain, its entry with severities "
-        "mixed).")
+        "mixed)." + _later_peers(r))
+
+
+def _later_peers(r: dict) -> str:
+    """The peers added after the first reports, named only when the run had them (older reports render as they were)."""
+    ran = {row["arm"] for row in r.get("rows", [])}
+    notes = {"lame": "lame (Boudiaf et al. 2022: Laplacian adjustment of the batch's outputs over a 5-NN feature graph, "
+                     "no backward pass)",
+             "rotta": "rotta (Yuan et al. 2023: robust BN, a class-balanced memory of 64 frames, a teacher-student "
+                      "update every 64 frames)"}
+    named = [text for arm, text in notes.items() if arm in ran]
+    return (" Also: " + "; ".join(named) + ".") if named else ""
 
 
 OPEN_MARGIN = 0.03      # held-out corruptions: dynbn_open >= dynbn_vote + this
