@@ -10,9 +10,13 @@ import pytest
 import torch
 from hypothesis import settings
 
+from redis_server import RedisServer
+from streaming import arms_for, artifacts_root, tiny
+
 from dynbn.bundle import fit_bundle
 from dynbn.detector import DetectorConfig
 from dynbn.fitting import FitConfig
+from simulator.sources import CifarSource
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 # workers and `dynbn serve` started by tests keep their HTTP port off unless a test asks for one: several run at once
@@ -84,6 +88,24 @@ def frames(test_split) -> torch.Tensor:
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A private redis-server (free port, AOF) for one test module; never the shared server on 6379."""
+    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir):
+    """What the streaming tests share: the artifacts root with the tiny scenario fitted once (before any worker
+    process starts: they load the cache), the data directory, CIFAR-10 test frames, a scratch folder."""
+    root = artifacts_root(tmp_path_factory)
+    arms_for(tiny(), root, data_dir)
+    return {"root": root, "data_dir": data_dir, "source": CifarSource("test", 0, data_dir),
+            "folder": tmp_path_factory.mktemp("stream")}
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,14 @@ def preds(t):
     return {(r.camera, r.seq): r.preds for r in parse_results(t.results())}
 
 
+def take(reader, n: int):
+    """The first ``n`` items of a (blocking) reader, without asking it for one more."""
+    for i, item in enumerate(reader):
+        yield item
+        if i + 1 >= n:
+            return
+
+
 def wait_until(ready, timeout_s: float, what: str, poll_s: float = 0.02) -> None:
     """Poll ``ready()`` until it is true; fail the test naming ``what`` once ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s

@@ -13,13 +13,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
-from redis_server import RedisServer
-from streaming import arms_for, artifacts_root, joined, one_torch_thread, tiny, wait_until, write_scenario
+from streaming import arms_for, joined, one_torch_thread, tiny, wait_until, write_scenario
 
 from simulator.publisher import Publisher
-from simulator.sources import CifarSource
 from simulator.strategies import scenarios
 from streamer.completion import wait_complete
 from streamer.consumer import Worker
@@ -33,21 +30,6 @@ from streamer.wire import FrameMessage
 __all__ = ["one_torch_thread"]  # autouse fixture
 ROOT = Path(__file__).resolve().parent.parent
 E2E = dict(cameras=4, frames_per_camera=120, rate_fps=40, partitions=4, batch={"size": 16, "max_wait_ms": 20})
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-e2e")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, data_dir):
-    root = artifacts_root(tmp_path_factory)
-    arms_for(tiny(), root, data_dir)  # fit once before worker processes start (they load the cache)
-    return {"root": root, "data_dir": data_dir, "source": CifarSource("test", 0, data_dir),
-            "folder": tmp_path_factory.mktemp("e2e")}
 
 
 def service_env(server, env, scenario: Path, prefix: str, **extra) -> dict:

@@ -15,11 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from redis_server import RedisServer
-from streaming import arms_for, artifacts_root, consume, joined, one_torch_thread, tiny, wait_until, write_scenario
+from streaming import arms_for, consume, joined, one_torch_thread, tiny, wait_until, write_scenario
 
 from simulator.publisher import Publisher
-from simulator.sources import CifarSource
 from streamer.consumer import RunMismatch, Worker
 from streamer.keys import Keys
 from streamer.connection import connect
@@ -32,18 +30,6 @@ __all__ = ["one_torch_thread"]  # autouse fixture
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-drills")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, data_dir):
-    root = artifacts_root(tmp_path_factory)
-    arms_for(tiny(), root, data_dir)
-    return {"root": root, "data_dir": data_dir, "source": CifarSource("test", 0, data_dir)}
 
 
 def redis_transport(server, partitions: int) -> RedisTransport:

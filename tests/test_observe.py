@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from redis_server import RedisServer, free_port
-from streaming import arms_for, artifacts_root, joined, one_torch_thread, tiny, wait_until
+from redis_server import free_port
+from streaming import arms_for, artifacts_root, joined, one_torch_thread, take, tiny, wait_until
 
 from dynbn import corrupt
 from dynbn.data import load_cifar10
@@ -41,12 +41,6 @@ __all__ = ["one_torch_thread"]  # autouse fixture
 ROOT = Path(__file__).resolve().parent.parent
 DYNBN = str(Path(sys.executable).parent / "dynbn")
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-observe")).start()
-    yield srv
-    srv.stop()
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -101,7 +95,7 @@ def test_metrics_readiness_and_status_of_a_serving_worker(bundle, server, tmp_pa
         client.r.xadd(frames, {**good, "shape": "16,16,3", "payload": good["payload"][:768]})   # wrong_shape
         client.r.xadd(frames, {**good, "truth": "{not json"})                                   # malformed
         client.r.xadd(frames, {**good, "payload": b"\0" * (2 << 20)})                          # oversized
-        results = list(_take(client.results(timeout_s=120), 90))
+        results = list(take(client.results(timeout_s=120), 90))
         events = list(client.events(follow=False))
         wait_until(lambda: _value(get(port, "/metrics")[1], "dynbn_frames_total", outcome="dead_letter") == 4, 60,
                    "4 dead letters counted")
@@ -130,13 +124,6 @@ def test_metrics_readiness_and_status_of_a_serving_worker(bundle, server, tmp_pa
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0
-
-
-def _take(reader, n):
-    for i, item in enumerate(reader):
-        yield item
-        if i + 1 >= n:
-            return
 
 
 def _value(text: str, name: str, **labels) -> float | None:

@@ -15,10 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pytest
 from redis_cluster import RedisCluster
-from redis_server import RedisServer
-from streaming import joined
+from streaming import joined, take
 
 from dynbn import corrupt
 from dynbn.data import CLASSES, load_cifar10
@@ -31,12 +29,6 @@ DYNBN = str(Path(sys.executable).parent / "dynbn")
 FIELDS = {"camera", "seq", "label", "class_name", "confidence", "condition", "severity", "detector_confidence",
           "latency_ms"}
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-serve")).start()
-    yield srv
-    srv.stop()
 
 
 def dynbn(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -146,14 +138,7 @@ def publish_cameras(url: str, prefix: str, images: np.ndarray, cameras: int, n: 
 
 
 def collect(url: str, prefix: str, total: int, timeout_s: float = 180) -> list[dict]:
-    return list(_take(Client(url, prefix).results(timeout_s=timeout_s), total))
-
-
-def _take(reader, n: int):
-    for i, item in enumerate(reader):
-        yield item
-        if i + 1 >= n:
-            return
+    return list(take(Client(url, prefix).results(timeout_s=timeout_s), total))
 
 
 def check_exactly_once_and_events(url: str, prefix: str, results: list[dict], cameras: int, n: int) -> None:
@@ -173,10 +158,10 @@ def test_two_servers_eight_cameras_one_killed(bundle, server, tmp_path, data_dir
         publisher = threading.Thread(target=publish_cameras, args=(server.url, prefix, images, cameras, n))
         publisher.start()
         reader = Client(server.url, prefix).results(timeout_s=120)
-        seen = list(_take(reader, 40))  # mid-run: results flow from both
+        seen = list(take(reader, 40))  # mid-run: results flow from both
         procs[0].kill()                  # SIGKILL: no drain, no release; its leases lapse
         joined(publisher, 180)
-        seen += list(_take(reader, cameras * n - len(seen)))
+        seen += list(take(reader, cameras * n - len(seen)))
         check_exactly_once_and_events(server.url, prefix, seen, cameras, n)
         assert stop(procs[1])[0] == 0
     finally:

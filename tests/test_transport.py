@@ -19,12 +19,6 @@ from streamer.redis_transport import RedisTransport
 from streamer.transport import AlreadyPublished, Commit, MemoryTransport
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-transport")).start()
-    yield srv
-    srv.stop()
-
 
 @pytest.fixture(params=["memory", "redis"])
 def transport(request):

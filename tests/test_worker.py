@@ -5,15 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from streaming import arms_for, artifacts_root, joined, one_torch_thread, preds, tiny, wait_until
+from streaming import arms_for, joined, one_torch_thread, preds, tiny, wait_until
 from streaming import consume as run
 
 from dynbn.vote import DEFAULT_RULE, VoteRule
 from simulator.publisher import Publisher
-from simulator.sources import CifarSource
 from simulator.strategies import scenarios
 from streamer.consumer import Worker
 from streamer.summary import parse_results
@@ -21,11 +19,6 @@ from streamer.transport import MemoryTransport
 from streamer.wire import Event, FrameMessage
 
 __all__ = ["one_torch_thread"]  # autouse fixture
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, data_dir):
-    return {"root": artifacts_root(tmp_path_factory), "data_dir": data_dir, "source": CifarSource("test", 0, data_dir)}
 
 
 def test_every_frame_gets_one_result_with_every_arm(env):

@@ -12,10 +12,9 @@ from collections import Counter
 
 import pytest
 from redis_server import RedisServer
-from streaming import arms_for, artifacts_root, consume, joined, one_torch_thread, tiny, wait_until
+from streaming import arms_for, consume, joined, one_torch_thread, tiny, wait_until
 
 from simulator.publisher import Publisher
-from simulator.sources import CifarSource
 from streamer.consumer import Worker
 from streamer.keys import GROUP, Keys
 from streamer.connection import TRANSIENT, connect
@@ -25,18 +24,6 @@ from streamer.transport import MemoryTransport
 from streamer.wire import Event, FrameMessage
 
 __all__ = ["one_torch_thread"]  # autouse fixture
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, data_dir):
-    return {"root": artifacts_root(tmp_path_factory), "data_dir": data_dir, "source": CifarSource("test", 0, data_dir)}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis-failures")).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -146,14 +133,19 @@ def test_streams_deleted_under_a_worker_are_recreated_and_it_goes_on(env, server
     for seq in range(16, 32):
         t.publish(0, frame(env, "cam00", seq))
     th = started(w.run)
-    wait_until(lambda: not th.is_alive() or t.counts()[0] >= 32, 60, "results of the frames published after the reset")
+    assert_survived_and_scored(th, w, t, 32)
+    assert "consumer group missing" in caplog.text
+
+
+def assert_survived_and_scored(th, w, t, n: int) -> None:
+    """The worker thread ``th`` is still alive once frames 0..n-1 are scored (or it died first); then stop it."""
+    wait_until(lambda: not th.is_alive() or t.counts()[0] >= n, 60, "results of the frames published after the reset")
     alive = th.is_alive()
     w.stop.set()
     joined(th, 30)
     w.shutdown()
     assert alive, "the worker died"
-    assert sorted(r.seq for r in parse_results(t.results())) == list(range(32))
-    assert "consumer group missing" in caplog.text
+    assert sorted(r.seq for r in parse_results(t.results())) == list(range(n))
 
 
 class DeletedDuringRead(RedisTransport):
@@ -199,13 +191,7 @@ def test_streams_deleted_while_the_worker_waits_in_a_read(env, server):
     wait_until(t.deleted.is_set, 30, "the stream to be deleted during a read")
     for seq in range(8, 16):
         t.publish(0, frame(env, "cam00", seq))
-    wait_until(lambda: not th.is_alive() or t.counts()[0] >= 16, 60, "results of the frames published after the reset")
-    alive = th.is_alive()
-    w.stop.set()
-    joined(th, 30)
-    w.shutdown()
-    assert alive, "the worker died"
-    assert sorted(r.seq for r in parse_results(t.results())) == list(range(16))
+    assert_survived_and_scored(th, w, t, 16)
 
 
 def test_the_delivery_limit_is_inclusive(env, make_transport):
