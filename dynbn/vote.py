@@ -196,6 +196,24 @@ class Votes:
             out[i] = step(self.state(cam), self.rule, probs[i], self.clean)
         return out
 
+    def current(self, cameras: Sequence[Hashable]) -> np.ndarray:
+        """Each frame's camera's active domain as it stands (B,), changing nothing; a camera not seen yet, or
+        seen without a frame, gets the clean domain (0 without one)."""
+        default = self.clean if self.clean is not None else 0
+        return np.array([self.cameras[c].active if c in self.cameras and self.cameras[c].active >= 0 else default
+                         for c in cameras], dtype=np.int64)
+
+    def current_levels(self, cameras: Sequence[Hashable], active: np.ndarray, severities: int) -> np.ndarray:
+        """Each frame's camera's severity weights as they stand (B x S), changing nothing: the softmax of the
+        camera's summed evidence when it belongs to ``active[b]``, zeros where there is none."""
+        out = np.zeros((len(cameras), severities), dtype=np.float64)
+        for i, cam in enumerate(cameras):
+            state = self.cameras.get(cam)
+            if state is not None and state.level_sum is not None and state.level_domain == int(active[i]):
+                w = np.exp(state.level_sum - state.level_sum.max())
+                out[i] = w / w.sum()
+        return out
+
     def levels(self, cameras: Sequence[Hashable], active: np.ndarray, logp: np.ndarray) -> np.ndarray:
         """Severity weights per frame (B x S) of the frames ``update`` just processed.
 

@@ -16,7 +16,7 @@ from dynbn.open_set import fit_open_set
 from dynbn.vote import VoteRule
 
 DOMAINS = ["clean", "dark", "noise"]
-STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open", "dynbn_prior")
+STATEFUL = ("bn_ema", "tent", "unmix_tns", "dynbn_vote", "dynbn_open", "dynbn_prior", "rotta")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -283,3 +283,38 @@ def test_a_severity_detector_needs_the_tables_severity_entries(resnet20, frames)
         build_method("dynbn_vote", resnet20, table=plain_table, detector=plain_det, severity=True)
     with pytest.raises(ValueError, match="corruption_weight"):
         build_method("dynbn_vote", resnet20, table=plain_table, detector=plain_det, corruption_weight=1.5)
+
+
+@pytest.mark.parametrize("severity", [False, True])
+def test_predict_leaves_every_arm_as_it_was_and_stateless_arms_predict_as_they_forward(resnet20, frames, severity):
+    """The real-time protocol's skipped batches: ``predict`` classifies with the current state and changes nothing
+    (a run with a predict in between continues exactly as one without it), and is ``forward`` where nothing
+    carries over from batch to batch."""
+    table, det, noisy = _setup(resnet20, frames, severity)
+    first, between, after = _batches(frames, noisy)
+    kw = {"rotta": {"update_every": 4}}  # so that frames entering its memory would change the next batches
+    for name in REGISTRY:
+        plain = build_method(name, resnet20, table=table, detector=det, **kw.get(name, {}))
+        probed = build_method(name, resnet20, table=table, detector=det, **kw.get(name, {}))
+        assert plain.carries_state == (name in STATEFUL), name
+        plain(*first)
+        probed(*first)
+        once, twice = probed.predict(*between), probed.predict(*between)
+        assert torch.equal(once, twice), name
+        assert torch.equal(plain(*after), probed(*after)), name
+        assert torch.equal(plain(*between), probed(*between)), name
+        if not plain.carries_state:
+            assert torch.equal(once, build_method(name, resnet20, table=table, detector=det)(*between)), name
+
+
+def test_dynbn_vote_predicts_with_each_cameras_standing_domain(resnet20, frames):
+    """Without the detector: a camera's frames get the domain its vote stands on; a camera never seen, clean."""
+    table, det, noisy = _setup(resnet20, frames)
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det)
+    oracle = build_method("dynbn_oracle", resnet20, table=table)
+    vote(noisy[:6], [0] * 6)
+    standing = DOMAINS[int(vote.last_index[-1])]
+    x = frames[10:14]
+    out = vote.predict(x, [0, 0, 7, 7])
+    assert torch.allclose(out, oracle(x, None, [standing, standing, "clean", "clean"]), atol=1e-5)
+    assert [c.domain for c in vote.last_conditions()] == [standing, standing, "clean", "clean"]

@@ -18,7 +18,8 @@ from dynbn.open_set import fit_open_set
 from dynbn.schedule import explicit
 from dynbn.spectrum import to_tensor
 from dynbn.stream import build_stream
-from dynbn.experiments.stream_bench import BenchConfig, around_shift, run_combo, summarise, switch_delays
+from dynbn.experiments.stream_bench import (BenchConfig, adapt_every, around_shift, correctness, realtime_tables,
+                                            run_combo, summarise, switch_delays)
 from dynbn.experiments.stream_report import acceptance, catch_up
 
 DOMAINS = ("clean", "dark", "noise")
@@ -94,6 +95,36 @@ def test_oracle_on_a_stream_equals_the_offline_per_frame_result(cheap_domains, p
         with torch.no_grad():
             offline.append(int(model(b.x).argmax(1)))
     assert runs["dynbn_oracle"].preds.tolist() == offline
+
+
+def test_an_arm_costing_k_adapts_on_one_batch_in_ceil_k():
+    assert [adapt_every(k) for k in (0.7, 1.0, 1.0000001, 1.01, 2.0, 2.5)] == [1, 1, 1, 2, 2, 3]
+
+
+def test_realtime_protocol_skips_only_what_an_arm_has_no_time_for(cheap_domains, parts, test_split):
+    """An arm that carries state and costs k > 1 adapts on batches 0, ceil(k), ... and predicts in between; an arm
+    without state, or one as fast as source, keeps its offline result frame for frame."""
+    model, table, det = parts
+    scheds = [explicit([("dark", 5), ("noise", 3), ("clean", 4)]), explicit([("noise", 6), ("dark", 6)])]
+    s = build_stream(test_split.images, test_split.labels, scheds, DOMAINS, 1, None)
+    names = ("source", "bn_adapt", "bn_ema", "dynbn_vote")
+    arms = {n: build_method(n, model, table=table, detector=det) for n in names}
+    offline = {(4, 2): correctness(s, run_combo(arms, s, 2))}
+    cost = {"source": 1.0, "bn_adapt": 3.0, "bn_ema": 2.5, "dynbn_vote": 1.0}
+    cfg = BenchConfig(periods=(4,), batch_sizes=(2,), arms=names, resamples=50)
+    rt = realtime_tables(cfg, arms, {4: s}, offline, {4: np.zeros(len(s), dtype=int)},
+                         {"2": cost})
+    assert rt["every"] == {"2": {"source": 1, "bn_adapt": 3, "bn_ema": 3, "dynbn_vote": 1}}
+    rows = {r["arm"]: r for r in rt["rows"]}
+    for arm in ("source", "bn_adapt", "dynbn_vote"):
+        assert rows[arm]["accuracy"] == offline[(4, 2)][arm].mean() and rows[arm]["adapted"] == 1.0
+    ema, preds = build_method("bn_ema", model, table=table, detector=det), []
+    for b, batch in enumerate(s.batches(2)):
+        call = ema if b % 3 == 0 else ema.predict
+        preds += call(batch.x, batch.cameras, batch.truth).argmax(1).tolist()
+    assert rows["bn_ema"]["accuracy"] == (np.array(preds) == s.labels).mean()
+    assert rows["bn_ema"]["adapted"] == 4 / 12  # 24 frames in 12 batches, batches 0, 3, 6, 9 adapted
+    assert {c["arm"] for c in rt["comparisons"]} == set(names) - {"dynbn_vote"}
 
 
 def test_switch_delay_and_around_shift_on_a_hand_made_stream(cheap_domains, test_split):
@@ -203,7 +234,7 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
     _fake_artifacts(resnet20, art)
     out = tmp_path / "out"
     code = main(["stream-bench", "--periods", "2,8", "--batch-sizes", "1,4", "--cameras", "2", "--frames", "16",
-                 "--severity", "3", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)])
+                 "--severity", "3", "--realtime", "--artifacts", str(art), "--data-dir", str(data_dir), "--out", str(out)])
     assert code == 0
     r = json.loads((out / "stream_bench.json").read_text())
     assert (r["severity"], r["cameras"], r["seed"]) == (3, 2, 0) and isinstance(r["severity"], int)
@@ -215,13 +246,17 @@ def test_cli_writes_the_contract(tmp_path, resnet20, data_dir, monkeypatch):
         assert sum(n for _, n in row["by_domain"].values()) == 16  # every frame counted under its domain
         assert sum(k for k, _ in row["by_domain"].values()) == round(row["accuracy"] * 16)
     assert set(r["relative_time_pooled"]) == {"1", "4"}
+    rt = r["realtime"]  # the same cells under the real-time protocol, cadences from the pooled times
+    assert len(rt["rows"]) == len(r["rows"]) and set(rt["every"]) == {"1", "4"}
+    assert all(rt["every"][b][a] == adapt_every(rt["k"][b][a]) for b in rt["every"] for a in CONTRACT_ARMS)
+    assert all(rt["k"][b]["source"] == 1.0 for b in rt["k"])
     # the machine the figures depend on: torch and the CPU's vector instructions, in the JSON and the text
     assert r["machine"] == {"torch": torch.__version__, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
                             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
     assert r["command"].startswith("dynbn stream-bench ")
     md = (out / "stream_bench.md").read_text()
     assert f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu_model()}) with {r['machine']['cpu_capability']} vector" in md
-    assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md
+    assert "## Acceptance" in md and "## The same checks for dynbn_prior" in md and "## Real-time protocol" in md
     assert {p.name for p in out.glob("*.png")} == {"accuracy_vs_period_b1.png", "accuracy_vs_period_b4.png",
                                                     "around_shift_n8.png"}
 
@@ -382,12 +417,13 @@ def test_cli_arm_option_needs_a_name_a_key_and_a_value(tmp_path):
             main(["stream-bench", "--arm", bad, "--out", str(tmp_path / "o")])
 
 
-def test_stream_bench_help_lists_at_most_twenty_one_options():
-    """Protocol choices only, no experiment knobs (21 since --labels, the label order, joined the protocol)."""
+def test_stream_bench_help_lists_at_most_twenty_two_options():
+    """Protocol choices only, no experiment knobs (21 since --labels, the label order, joined the protocol; 22
+    since --realtime, the real-time protocol)."""
     from dynbn.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices["stream-bench"]
-    assert len(sub._actions) <= 21, [a.option_strings for a in sub._actions]
+    assert len(sub._actions) <= 22, [a.option_strings for a in sub._actions]
 
 
 def test_committed_reports_are_their_json_rendered():

@@ -103,7 +103,7 @@ def bench_config(args) -> BenchConfig:
     """The run the options describe; ValueError naming what is wrong."""
     kw = dict(periods=args.periods, batch_sizes=args.batch_sizes, cameras=args.cameras, severity=args.severity,
               seed=args.seed, phase=not args.no_phase, streams=args.streams, split=args.split,
-              labels=str(parse_order(args.labels)))
+              labels=str(parse_order(args.labels)), realtime=args.realtime)
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     if args.frames:
         cfg.frames = args.frames
@@ -206,6 +206,8 @@ def register(subparsers) -> None:
     p.add_argument("--labels", default="iid", metavar="ORDER",
                    help="label order: iid (default), dirichlet:DELTA (class runs, e.g. 0.1) or video:L (each image "
                         "held L frames, jittered)")
+    p.add_argument("--realtime", action="store_true",
+                   help="also the real-time protocol: an arm costing k times source adapts on one batch in ceil(k)")
     p.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
     p.add_argument("--arm", type=_arm_setting, action="append", metavar="NAME.key=value",
                    help="an arm's setting, repeatable: bn_prior.prior=2, dynbn_vote.rule=1,0.3,1,3, dynbn_open.ramp=false")

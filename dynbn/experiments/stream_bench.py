@@ -10,10 +10,20 @@ that pick a domain per frame, and accuracy around a shift (for plots). Every acc
 a 95 % interval from a bootstrap over (camera, segment) blocks, and the recommended arm is
 compared with every other arm per B, paired on the same frames and block draws
 (``dynbn.uncertainty``).
+
+``realtime`` adds the real-time protocol of Alfarra et al. ("Evaluation of test-time adaptation
+under computational time constraints", ICML 2024): frames arrive at the rate the plain model
+sustains, so an arm costing k times ``source`` (k: its total time over every batch of that B in
+this run over source's, so that costs that come in bursts, like rotta's update every 64 frames,
+count) adapts on one batch in ceil(k) and classifies the batches in
+between with its current state, unchanged (``Method.predict``). An arm that carries no state
+between batches has nothing to skip: its real-time result is its offline one, and its k is
+reported beside it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -53,6 +63,7 @@ class BenchConfig:
     labels: str = "iid"           # label order: iid, dirichlet:DELTA or video:L (dynbn.labels)
     resamples: int = RESAMPLES    # block-bootstrap resamples for the intervals
     recommended: str = RECOMMENDED  # the arm compared, paired, with every other arm
+    realtime: bool = False        # also the real-time protocol (a second table; needs the source arm)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -97,6 +108,56 @@ def run_combo(arms: dict, stream: Stream, batch_size: int, log=None) -> dict[str
             log(f"    ... {batch.rows.stop}/{len(stream)} frames")
             last_log = time.perf_counter()
     return runs
+
+
+def adapt_every(k: float) -> int:
+    """The real-time cadence of an arm costing ``k`` times the plain model: it adapts on one batch in this many."""
+    return max(1, math.ceil(round(k, 6)))
+
+
+def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, int]) -> dict[str, np.ndarray]:
+    """Predictions under the real-time protocol: arm ``a`` adapts (``forward``) on batches 0, every[a],
+    2 every[a], ... and classifies the batches in between with ``predict``; returns per-frame predictions.
+    (The batches in between see the state the last adapted batch left; strictly, they would arrive while
+    that update is still running and see the state before it, one update earlier.)"""
+    preds = {name: np.full(len(stream), -1) for name in arms}
+    for b, batch in enumerate(stream.batches(batch_size)):
+        for name, arm in arms.items():
+            call = arm if b % every[name] == 0 else arm.predict
+            preds[name][batch.rows] = call(batch.x, batch.cameras, batch.truth).argmax(1).numpy()
+    return preds
+
+
+def realtime_tables(cfg: BenchConfig, arms: dict, streams: dict[int, Stream], offline: dict, blocks: dict,
+                    cost: dict[str, dict[str, float]], log=None) -> dict:
+    """The real-time protocol on the offline run's streams: ``cost[str(B)][arm]`` is the arm's k at B (its total
+    time over source's, from the offline run). Arms that carry no state, or whose cadence is 1, keep their offline
+    per-frame correctness (``offline``: (N, B) -> arm -> correct); the others run again. Returns k, cadence,
+    rows (accuracy with 95 % intervals per (N, B, arm)) and the paired comparisons, as the offline report."""
+    k = {str(b): {arm: cost[str(b)][arm] for arm in cfg.arms} for b in cfg.batch_sizes}
+    every = {b: {arm: adapt_every(k[b][arm]) for arm in cfg.arms} for b in k}
+    kept, rows = {}, []
+    for period, stream in streams.items():
+        for batch_size in cfg.batch_sizes:
+            cadence = every[str(batch_size)]
+            slow = {name: arm for name, arm in arms.items() if arm.carries_state and cadence[name] > 1}
+            for arm in slow.values():
+                arm.reset()
+            preds = run_realtime(slow, stream, batch_size, cadence)
+            correct = {arm: (preds[arm] == stream.labels if arm in slow else offline[(period, batch_size)][arm])
+                       for arm in cfg.arms}
+            kept[(period, batch_size)] = correct
+            cis = block_bootstrap(correct, blocks[period], cfg.resamples,
+                                  np.random.default_rng([cfg.seed, 32, period, batch_size]))
+            batches = -(-len(stream) // batch_size)
+            rows += [{"period": period, "batch_size": batch_size, "arm": arm, "accuracy": cis[arm]["accuracy"],
+                      "ci95": cis[arm]["ci95"], "every": cadence[arm],
+                      "adapted": (-(-batches // cadence[arm]) / batches) if arm in slow else 1.0}  # batches' share
+                     for arm in cfg.arms]
+            if log:
+                log(f"realtime N={period:<4} B={batch_size:<3} " + " ".join(
+                    f"{a} {correct[a].mean():.3f}" + (f"(1/{cadence[a]})" if a in slow else "") for a in cfg.arms))
+    return {"k": k, "every": every, "rows": rows, "comparisons": comparisons(kept, blocks, cfg)}
 
 
 def switch_delays(stream: Stream, correct_domain: np.ndarray) -> tuple[float, float, int]:
@@ -238,7 +299,11 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
     purpose = "test" if cfg.split == "test" else "tune"  # training frames get their own corruption draws
     arms = make_arms(cfg, model, table, detector)
     rows, curves, ratios = [], {}, {}
+    totals: dict[str, dict[str, list[float]]] = {}  # B -> arm -> [its seconds, source's seconds], every period
     kept, blocks = {}, {}  # per (N, B) every arm's per-frame correctness; per N the frames' blocks
+    streams = {}           # per N the stream (the real-time protocol runs on the same frames)
+    if cfg.realtime and "source" not in cfg.arms:
+        raise ValueError("the real-time protocol measures every arm's cost against source: include the source arm")
     bar = progress(desc="stream-bench", total=len(cfg.periods) * len(cfg.batch_sizes), unit="run")
     for period in cfg.periods:
         rng = np.random.default_rng([cfg.seed, 20, period])
@@ -247,6 +312,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
         stream = build_stream(pool.images, pool.labels, schedules, cfg.domains, cfg.seed, frost_dir, purpose,
                               labels_order=cfg.labels)
         blocks[period] = block_ids(stream.camera, stream.segment)
+        if cfg.realtime:
+            streams[period] = stream
         for batch_size in cfg.batch_sizes:
             t0 = time.perf_counter()
             for arm in arms.values():
@@ -255,6 +322,9 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             if "source" in runs:
                 for arm, run in runs.items():
                     ratios.setdefault((batch_size, arm), []).extend(np.array(run.seconds) / np.array(runs["source"].seconds))
+                    pair = totals.setdefault(str(batch_size), {}).setdefault(arm, [0.0, 0.0])
+                    pair[0] += sum(run.seconds)
+                    pair[1] += sum(runs["source"].seconds)
             kept[(period, batch_size)] = correctness(stream, runs)
             combo_rows, combo_curves = summarise(stream, runs, period, batch_size, cfg, list(detector.domains))
             rows += combo_rows
@@ -264,6 +334,8 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
                 + " ".join(f"{a} {v:.3f}" for a, v in acc.items()))
             bar.update()
     bar.close()
+    cost = {b: {arm: own / src for arm, (own, src) in per.items()} for b, per in totals.items()}
+    realtime = realtime_tables(cfg, arms, streams, kept, blocks, cost, log) if cfg.realtime else None
     vote = arms.get("dynbn_vote")
     prior = arms.get("dynbn_open") or arms.get("dynbn_prior")
     opened = arms.get("dynbn_open")
@@ -283,6 +355,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "arm_kwargs": {a: {k: str(v) for k, v in kw.items()} for a, kw in cfg.arm_kwargs.items()},
             "rows": rows, "curves": curves, "resamples": cfg.resamples, "recommended": cfg.recommended,
             "comparisons": comparisons(kept, blocks, cfg), "relative_time_pooled": pooled_times(ratios),
+            **({"realtime": realtime} if realtime is not None else {}),
             "torch_threads": torch.get_num_threads(), "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
 

@@ -311,12 +311,12 @@ def _on_unknown(r: dict) -> list[str]:
     return lines + [""]
 
 
-def _comparisons(r: dict) -> list[str]:
+def _comparisons(r: dict, title: str = "## Paired comparisons") -> list[str]:
     """The paired comparisons of the recommended arm with every other arm (reports made before them: none)."""
     if "comparisons" not in r:
         return []
     rec = r["recommended"]
-    lines = [f"## Paired comparisons: {rec} against every other arm", "",
+    lines = [f"{title}: {rec} against every other arm", "",
              f"Difference in accuracy ({rec} minus the arm, points), averaged over the periods N; both arms are scored "
              f"on the same frames and the 95 % interval comes from a bootstrap over (camera, segment) blocks "
              f"({r.get('resamples')} resamples) that draws the same blocks for both arms, each period's stream "
@@ -329,6 +329,33 @@ def _comparisons(r: dict) -> list[str]:
     return lines + [""]
 
 
+def _realtime(r: dict) -> list[str]:
+    """The real-time protocol's tables (runs without ``--realtime``: none)."""
+    rt = r.get("realtime")
+    if rt is None:
+        return []
+    lines = ["## Real-time protocol", "",
+             "After Alfarra et al. (ICML 2024): frames arrive at the rate source sustains, so an arm costing k times "
+             "source (k: its total time over every batch of that B in this run over source's, so that costs that come "
+             "in bursts, like rotta's update every 64 frames, count) adapts on one batch in ceil(k) and classifies the batches in between with its current "
+             "state, unchanged. Arms that carry no state between batches (source, bn_adapt, bn_prior, lame, "
+             "dynbn_frame, dynbn_soft, dynbn_oracle) have nothing to skip: their figures are the offline ones. "
+             "Cost and cadence per B (k, and 1/ceil(k) where an arm that carries state skips):", "",
+             "| arm | " + " | ".join(f"B={b}" for b in r["batch_sizes"]) + " |",
+             "|---|" + "---:|" * len(r["batch_sizes"])]
+    rows = rt["rows"]
+    for arm in r["arms"]:
+        cells = []
+        for b in r["batch_sizes"]:
+            k, every = rt["k"][str(b)][arm], rt["every"][str(b)][arm]
+            skips = any(x["arm"] == arm and x["batch_size"] == b and x["adapted"] < 1 for x in rows)
+            cells.append(f"{k:.2f}" + (f" (1/{every})" if skips else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy (%) under the real-time protocol, 95 % intervals as above:", ""]
+    lines += _table({**r, "rows": rows}, "accuracy", _pct, row_fmt=_with_ci)
+    return lines + _comparisons({**r, "comparisons": rt["comparisons"]}, "### Paired comparisons, real-time")
+
+
 def stream_markdown(r: dict) -> str:
     """The report as Markdown (JSON is the source of truth)."""
     intervals = any("ci95" in x for x in r["rows"])
@@ -336,7 +363,7 @@ def stream_markdown(r: dict) -> str:
     if intervals:
         lines += [f"In brackets: 95 % interval from a bootstrap over (camera, segment) blocks ({r.get('resamples')} "
                   "resamples; frames of one segment are not independent).", ""]
-    lines += _table(r, "accuracy", _pct, row_fmt=_with_ci if intervals else None) + _comparisons(r)
+    lines += _table(r, "accuracy", _pct, row_fmt=_with_ci if intervals else None) + _comparisons(r) + _realtime(r)
     lines += [f"## Accuracy (%) in the first {r['first_k']} frames after a shift", ""]
     lines += _table(r, "first_k_accuracy", _pct)
     lines += ["## Compute time per frame relative to source", "",

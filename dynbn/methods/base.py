@@ -7,6 +7,10 @@ A method wraps one classifier (taking [0, 1] frames) and is called as
 - ``cameras``: one stream id per frame (methods with per-stream state key on it);
 - ``truth``: the true domain name per frame, read by oracle arms only.
 
+``predict(x, cameras, truth)`` classifies with the method's current state and changes
+nothing: the batches the real-time protocol gives a slow method no time to adapt on. For a
+method that carries no state from batch to batch (``carries_state = False``) it is ``forward``.
+
 ``reset()`` returns the method to the state it was built in. Methods that change the
 model (BN statistics, affine parameters) restore it in ``reset()``; arms sharing one model
 object must be run one at a time, with ``reset()`` in between. Detecting methods also say
@@ -29,6 +33,7 @@ class Method:
 
     name = "method"
     needs_truth = False  # True: forward reads each frame's true domain (oracles), which only simulations have
+    carries_state = False  # True: a batch changes what the method does to later batches (predict differs from forward)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
@@ -37,6 +42,12 @@ class Method:
         raise NotImplementedError
 
     def __call__(self, x, cameras=None, truth=None) -> torch.Tensor:
+        return self.forward(x, cameras, truth)
+
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """Logits from the current state, leaving it unchanged (methods that carry no state: ``forward``)."""
+        if self.carries_state:
+            raise NotImplementedError(f"{self.name} carries state from batch to batch and must define predict")
         return self.forward(x, cameras, truth)
 
     def reset(self) -> None:

@@ -35,6 +35,7 @@ class BNEMA(Method):
     """Per-camera moving averages of the BN statistics, updated then used by every batch."""
 
     name = "bn_ema"
+    carries_state = True
 
     def __init__(self, model, momentum: float = MOMENTUM) -> None:
         super().__init__(model)
@@ -50,13 +51,22 @@ class BNEMA(Method):
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+        return self._per_camera(x, cameras, self._forward_camera)
+
+    @torch.no_grad()
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """Each camera's frames normalised with its moving averages as they are (a new camera: the checkpoint's)."""
+        return self._per_camera(x, cameras, self._predict_camera)
+
+    def _per_camera(self, x, cameras, run) -> torch.Tensor:
+        """``run(frames, camera)`` on each camera's frames of the batch, the logits put back in arrival order."""
         cams = cameras_or_default(cameras, len(x))
         groups: dict[Hashable, list[int]] = {}
         for i, cam in enumerate(cams):
             groups.setdefault(cam, []).append(i)
         if len(groups) == 1:
-            return self._forward_camera(x, cams[0])
-        parts = {cam: self._forward_camera(x[rows], cam) for cam, rows in groups.items()}
+            return run(x, cams[0])
+        parts = {cam: run(x[rows], cam) for cam, rows in groups.items()}
         out = next(iter(parts.values())).new_empty(len(x), next(iter(parts.values())).shape[1])
         for cam, rows in groups.items():
             out[rows] = parts[cam]
@@ -77,4 +87,9 @@ class BNEMA(Method):
             return fwd
 
         with patched_bn(self.layers, make):
+            return self.model(x)
+
+    def _predict_camera(self, x: torch.Tensor, camera: Hashable) -> torch.Tensor:
+        state = self.stats.get(camera, self.source)
+        with patched_bn(self.layers, lambda name, bn: lambda h: normalise(h, bn, *state[name])):
             return self.model(x)

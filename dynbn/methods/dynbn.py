@@ -112,6 +112,7 @@ class DynBNVote(Method):
     """
 
     name = "dynbn_vote"
+    carries_state = True
 
     def __init__(self, model, table: BNTable, detector: Detector, rule: VoteRule = DEFAULT_RULE,
                  severity: bool | None = None, corruption_weight: float = CORRUPTION_WEIGHT) -> None:
@@ -180,6 +181,22 @@ class DynBNVote(Method):
         self.last_index = torch.from_numpy(active)
         return self.voted_forward(x, cams, active, self.level_weights(cams, active, logp))
 
+    @torch.no_grad()
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """Each frame normalised as its camera's vote stands (its active domain and severity estimate; a new
+        camera: clean), without running the detector or moving the vote."""
+        cams = cameras_or_default(cameras, len(x))
+        active = self.votes.current(cams)
+        self.last_index = torch.from_numpy(active)
+        self.last_confidence = np.full(len(active), np.nan)  # no detector ran
+        weights = None
+        if self.severity:
+            estimate = torch.from_numpy(self.votes.current_levels(cams, active, len(self.detector.severities)))
+            weights = self._weights(estimate, active, None)
+            # rows a subclass adds after the severity entries (dynbn_open's checkpoint statistics) get no weight
+            weights = torch.nn.functional.pad(weights, (0, self.levels.shape[1] - weights.shape[1]))
+        return self.voted_forward(x, cams, active, weights)
+
     def vote(self, cams: list, logits: torch.Tensor) -> np.ndarray:
         """Each frame's active domain index after its camera's vote; keeps each frame's detector probability
         of that domain (``last_confidence``)."""
@@ -209,9 +226,15 @@ class DynBNVote(Method):
         frames and for those marked in ``single`` (B,), which keep one row exactly."""
         if not self.severity:
             return None
-        estimate = torch.from_numpy(self.votes.levels(cams, active, logp.double().cpu().numpy())).float()
+        return self._weights(torch.from_numpy(self.votes.levels(cams, active, logp.double().cpu().numpy())), active,
+                             single)
+
+    def _weights(self, estimate: torch.Tensor, active: np.ndarray, single: np.ndarray | None) -> torch.Tensor:
+        """``level_weights`` from the severity estimate per frame (B x S; a row of zeros: no estimate, the
+        frame keeps its domain's own entry)."""
+        estimate = estimate.float()
         w = torch.cat([torch.full((len(active), 1), self.corruption_weight), (1 - self.corruption_weight) * estimate], 1)
-        plain = ~self.detector.has_levels[torch.from_numpy(active)]
+        plain = ~self.detector.has_levels[torch.from_numpy(active)] | (estimate.sum(1) == 0)
         if single is not None:
             plain |= torch.from_numpy(single)
         w[plain] = 0.0

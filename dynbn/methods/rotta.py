@@ -168,6 +168,7 @@ class RoTTA(Method):
     """RBN statistics, a category-balanced memory and a timeliness-weighted teacher-student update."""
 
     name = "rotta"
+    carries_state = True
 
     def __init__(self, model, lr: float = LR, betas: tuple[float, float] = BETAS, alpha: float = ALPHA, nu: float = NU,
                  capacity: int = CAPACITY, update_every: int = UPDATE_EVERY, lambda_t: float = LAMBDA_T,
@@ -226,9 +227,14 @@ class RoTTA(Method):
         return make
 
     @torch.no_grad()
-    def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """The teacher with its RBN statistics as they are; nothing enters the memory, nothing is updated."""
         with patched_bn(self.teacher_layers, self._rbn("teacher", adapt=False)):
-            logits = self.teacher(x)
+            return self.teacher(x)
+
+    @torch.no_grad()
+    def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+        logits = self.predict(x)
         p = logits.softmax(1)
         labels = p.argmax(1).tolist()
         entropy = (-(p * torch.log(p + 1e-6)).sum(1)).tolist()

@@ -55,6 +55,7 @@ class Tent(Method):
     """Continual tent on a private copy of the model."""
 
     name = "tent"
+    carries_state = True
 
     def __init__(self, model, lr: float = LR, betas: tuple[float, float] = BETAS,
                  weight_decay: float = 0.0, steps: int = 1) -> None:
@@ -81,3 +82,8 @@ class Tent(Method):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return logits.detach()
+
+    @torch.no_grad()
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """The adapted model on the batch (batch statistics, as tent normalises), no step."""
+        return self.model(x)

@@ -57,6 +57,7 @@ class UnMixTNS(Method):
     """K mixture components of BN statistics per layer, un-mixed per frame."""
 
     name = "unmix_tns"
+    carries_state = True
 
     def __init__(self, model, components: int = COMPONENTS, alpha: float = ALPHA, temperature: float = TEMPERATURE,
                  base_momentum: float = BASE_MOMENTUM, batch_max: int = BATCH_MAX, seed: int = 0) -> None:
@@ -85,13 +86,21 @@ class UnMixTNS(Method):
             second = ((1 - p) ** 2 @ mu**2 + 2 * m * (((1 - p) * p) @ mu) + (p**2).sum(1, keepdim=True) * m**2) / k
             var = (var_k.sum(0) - p @ var_k + v) / k + second - mean**2
             weight = p.sum(0)[:, None]                                      # K x 1
-            self.components[name] = (mu + momentum * (p.T @ m - weight * mu) / len(m),
-                                     var_k + momentum * (p.T @ v - weight * var_k) / len(m))
+            if momentum:
+                self.components[name] = (mu + momentum * (p.T @ m - weight * mu) / len(m),
+                                         var_k + momentum * (p.T @ v - weight * var_k) / len(m))
             return normalise_per_sample(h, bn, mean, var.clamp_min(0.0))
         return fwd
 
     @torch.no_grad()
     def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
-        momentum = 1.0 - (1.0 - self.base_momentum) ** (len(x) / self.batch_max)
+        return self._run(x, 1.0 - (1.0 - self.base_momentum) ** (len(x) / self.batch_max))
+
+    @torch.no_grad()
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """Frames un-mixed against the components as they are; the components do not move."""
+        return self._run(x, 0.0)
+
+    def _run(self, x: torch.Tensor, momentum: float) -> torch.Tensor:
         with patched_bn(self.layers, lambda name, bn: self._layer(name, bn, momentum)):
             return self.model(x)
