@@ -288,8 +288,8 @@ def test_a_severity_detector_needs_the_tables_severity_entries(resnet20, frames)
 @pytest.mark.parametrize("severity", [False, True])
 def test_predict_leaves_every_arm_as_it_was_and_stateless_arms_predict_as_they_forward(resnet20, frames, severity):
     """The real-time protocol's skipped batches: ``predict`` classifies with the current state and changes nothing
-    (a run with a predict in between continues exactly as one without it), and is ``forward`` where nothing
-    carries over from batch to batch."""
+    (a run with a predict in between continues exactly as one without it); where nothing carries over from batch
+    to batch, the state is the pretrained model's."""
     table, det, noisy = _setup(resnet20, frames, severity)
     first, between, after = _batches(frames, noisy)
     kw = {"rotta": {"update_every": 4}}  # so that frames entering its memory would change the next batches
@@ -304,7 +304,7 @@ def test_predict_leaves_every_arm_as_it_was_and_stateless_arms_predict_as_they_f
         assert torch.equal(plain(*after), probed(*after)), name
         assert torch.equal(plain(*between), probed(*between)), name
         if not plain.carries_state:
-            assert torch.equal(once, build_method(name, resnet20, table=table, detector=det)(*between)), name
+            assert torch.equal(once, build_method("source", resnet20)(*between)), name
 
 
 def test_dynbn_vote_predicts_with_each_cameras_standing_domain(resnet20, frames):

@@ -16,9 +16,8 @@ under computational time constraints", ICML 2024): frames arrive at the rate the
 sustains, so an arm costing k times ``source`` (k: its total time over every batch of that B in
 this run over source's, so that costs that come in bursts, like rotta's update every 64 frames,
 count) adapts on one batch in ceil(k) and classifies the batches in
-between with its current state, unchanged (``Method.predict``). An arm that carries no state
-between batches has nothing to skip: its real-time result is its offline one, and its k is
-reported beside it.
+between with its current state, unchanged (``Method.predict``; an arm that carries no state
+between batches has only the pretrained model, with the checkpoint's statistics).
 """
 
 from __future__ import annotations
@@ -131,8 +130,8 @@ def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, i
 def realtime_tables(cfg: BenchConfig, arms: dict, streams: dict[int, Stream], offline: dict, blocks: dict,
                     cost: dict[str, dict[str, float]], log=None) -> dict:
     """The real-time protocol on the offline run's streams: ``cost[str(B)][arm]`` is the arm's k at B (its total
-    time over source's, from the offline run). Arms that carry no state, or whose cadence is 1, keep their offline
-    per-frame correctness (``offline``: (N, B) -> arm -> correct); the others run again. Returns k, cadence,
+    time over source's, from the offline run). Arms whose cadence is 1 keep their offline per-frame correctness
+    (``offline``: (N, B) -> arm -> correct); the others run again. Returns k, cadence,
     rows (accuracy with 95 % intervals per (N, B, arm)) and the paired comparisons, as the offline report."""
     k = {str(b): {arm: cost[str(b)][arm] for arm in cfg.arms} for b in cfg.batch_sizes}
     every = {b: {arm: adapt_every(k[b][arm]) for arm in cfg.arms} for b in k}
@@ -140,7 +139,7 @@ def realtime_tables(cfg: BenchConfig, arms: dict, streams: dict[int, Stream], of
     for period, stream in streams.items():
         for batch_size in cfg.batch_sizes:
             cadence = every[str(batch_size)]
-            slow = {name: arm for name, arm in arms.items() if arm.carries_state and cadence[name] > 1}
+            slow = {name: arm for name, arm in arms.items() if cadence[name] > 1}
             for arm in slow.values():
                 arm.reset()
             preds = run_realtime(slow, stream, batch_size, cadence)

@@ -338,9 +338,9 @@ def _realtime(r: dict) -> list[str]:
              "After Alfarra et al. (ICML 2024): frames arrive at the rate source sustains, so an arm costing k times "
              "source (k: its total time over every batch of that B in this run over source's, so that costs that come "
              "in bursts, like rotta's update every 64 frames, count) adapts on one batch in ceil(k) and classifies the batches in between with its current "
-             "state, unchanged. Arms that carry no state between batches (source, bn_adapt, bn_prior, lame, "
-             "dynbn_frame, dynbn_soft, dynbn_oracle) have nothing to skip: their figures are the offline ones. "
-             "Cost and cadence per B (k, and 1/ceil(k) where an arm that carries state skips):", "",
+             "state, unchanged; an arm that carries no state between batches (bn_adapt, bn_prior, lame, dynbn_frame, "
+             "dynbn_soft, dynbn_oracle) has only the pretrained model, so it classifies those batches as source does. "
+             "Cost and cadence per B (k, and 1/ceil(k) where the arm skips):", "",
              "| arm | " + " | ".join(f"B={b}" for b in r["batch_sizes"]) + " |",
              "|---|" + "---:|" * len(r["batch_sizes"])]
     rows = rt["rows"]

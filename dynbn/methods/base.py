@@ -8,8 +8,9 @@ A method wraps one classifier (taking [0, 1] frames) and is called as
 - ``truth``: the true domain name per frame, read by oracle arms only.
 
 ``predict(x, cameras, truth)`` classifies with the method's current state and changes
-nothing: the batches the real-time protocol gives a slow method no time to adapt on. For a
-method that carries no state from batch to batch (``carries_state = False``) it is ``forward``.
+nothing: the batches the real-time protocol gives a slow method no time to adapt on. A
+method that carries no state from batch to batch (``carries_state = False``) has only the
+pretrained model as it stands: its ``predict`` is the plain model (checkpoint statistics).
 
 ``reset()`` returns the method to the state it was built in. Methods that change the
 model (BN statistics, affine parameters) restore it in ``reset()``; arms sharing one model
@@ -44,11 +45,12 @@ class Method:
     def __call__(self, x, cameras=None, truth=None) -> torch.Tensor:
         return self.forward(x, cameras, truth)
 
+    @torch.no_grad()
     def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
-        """Logits from the current state, leaving it unchanged (methods that carry no state: ``forward``)."""
+        """Logits from the current state, leaving it unchanged (methods that carry no state: the plain model)."""
         if self.carries_state:
             raise NotImplementedError(f"{self.name} carries state from batch to batch and must define predict")
-        return self.forward(x, cameras, truth)
+        return self.model(x)
 
     def reset(self) -> None:
         """Back to the state right after construction (no-op for stateless methods)."""
