@@ -5,6 +5,7 @@ import torch
 
 from dynbn.methods import LAME, REGISTRY, RoTTA, Source, build_method
 from dynbn.methods.registry import arm_kwargs
+from dynbn.methods.lame import rbf_affinity
 from dynbn.methods.rotta import MemoryBank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,15 +26,28 @@ def test_lame_leaves_the_model_unchanged(resnet20, frames):
     assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in resnet20.modules())
 
 
-def test_lame_makes_near_duplicates_agree(resnet20, frames):
+@pytest.mark.parametrize("affinity", ["rbf", "knn"])
+def test_lame_makes_near_duplicates_agree(resnet20, frames, affinity):
     # six noisy copies of frame 8 (each the others' nearest neighbours) among ten other frames
-    dup = (frames[8:9] + 0.08 * torch.randn((6, 3, 32, 32), generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    dup = (frames[8:9] + 0.04 * torch.randn((6, 3, 32, 32), generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     x = torch.cat([dup, frames[100:110]])
     source = Source(resnet20)(x).argmax(1)[:6]
     assert len(set(source.tolist())) > 1  # the source model splits them
-    out = LAME(resnet20)(x)
+    out = LAME(resnet20, affinity=affinity)(x)
     assert torch.isfinite(out).all()
     assert len(set(out.argmax(1)[:6].tolist())) == 1  # the Laplacian term pulls them to one class
+
+
+def test_lame_rbf_affinity_follows_the_authors_scale_rule():
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    # distances to the 2nd nearest row counting the row itself: 3, 3, 4 -> s = 10 / 3
+    s = 10 / 3
+    w = rbf_affinity(x, 2)
+    assert torch.allclose(w.diagonal(), torch.ones(3))
+    assert torch.allclose(w[1, 2], torch.exp(torch.tensor(-25 / (2 * s * s))))
+    assert torch.equal(rbf_affinity(torch.zeros(4, 2), 2), torch.ones(4, 4))  # alike rows: no 0 / 0
+    with pytest.raises(ValueError, match="affinity"):
+        LAME(torch.nn.Sequential(torch.nn.Linear(2, 2)), affinity="cosine")
 
 
 def test_rotta_memory_stays_class_balanced_and_bounded():

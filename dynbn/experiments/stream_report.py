@@ -49,8 +49,8 @@ def arms_note(r: dict) -> str:
 def _later_peers(r: dict) -> str:
     """The peers added after the first reports, named only when the run had them (older reports render as they were)."""
     ran = {row["arm"] for row in r.get("rows", [])}
-    notes = {"lame": "lame (Boudiaf et al. 2022: Laplacian adjustment of the batch's outputs over a 5-NN feature graph, "
-                     "no backward pass)",
+    notes = {"lame": "lame (Boudiaf et al. 2022: Laplacian adjustment of the batch's outputs over an RBF affinity "
+                     "of the features, its scale the distance to the 5th nearest frame; no backward pass)",
              "rotta": "rotta (Yuan et al. 2023: robust BN, a class-balanced memory of 64 frames, a teacher-student "
                       "update every 64 frames)"}
     named = [text for arm, text in notes.items() if arm in ran]
