@@ -2,11 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dynbn import cli
 from dynbn.detector import DetectorConfig
-from dynbn.experiments.reproduce import ARMS, ReproduceConfig, reproduce
+from dynbn.experiments.reproduce import ARMS, ReproduceConfig, dynbn_arm, gap_cells, gap_report, reproduce, run_arms
 from dynbn.fitting import FitConfig
 from dynbn.experiments.report import reproduce_markdown
 
@@ -46,6 +47,79 @@ def test_true_statistics_recover_accuracy_on_strong_corruptions(small_run):
 def test_markdown_holds_every_corruption_and_the_caveat(small_run):
     md = reproduce_markdown(small_run, "dynbn reproduce --test")
     assert "| gaussian_noise |" in md and "| contrast |" in md and "JPEG" in md and "dynbn reproduce --test" in md
+
+
+def test_gap_cells_split_the_gap_exactly_on_a_hand_built_case():
+    domains = ["clean", "a", "b"]
+    true = [1, 1, 1, 1, 2, 2, 2, 2]
+    detected = [1, 1, 2, 0, 2, 2, 1, 1]
+    oracle_ok = [1, 0, 1, 0, 1, 0, 1, 1]
+    dynbn_ok = [1, 0, 0, 1, 1, 0, 0, 1]  # frames 2 and 6 lose to the oracle, frame 3 beats it
+    g = gap_cells(true, detected, oracle_ok, dynbn_ok, domains)
+    assert g["frames"] == 8 and g["gap"] == pytest.approx((5 - 4) / 8)
+    assert g["diagonal_cost"] == 0.0  # correctly detected frames: same statistics, same answer
+    assert sum(c["cost"] for c in g["cells"]) + g["diagonal_cost"] == pytest.approx(g["gap"])
+    assert g["confused_share"] == pytest.approx(4 / 8)
+    cells = [(c["true"], c["detected"], c["count"], c["cost"], c["cost_per_frame"]) for c in g["cells"]]
+    assert cells == [("b", "a", 2, 1 / 8, 0.5), ("a", "b", 1, 1 / 8, 1.0), ("a", "clean", 1, -1 / 8, -1.0)]
+    assert gap_cells([], [], [], [], domains)["cells"] == []
+
+
+def test_gap_report_splits_by_severity_and_keeps_clean_apart():
+    domains = ["clean", "a"]
+    frames = {("a", 5): (np.array([1, 0]), np.array([True, True]), np.array([True, False])),
+              ("a", 3): (np.array([0, 0]), np.array([False, True]), np.array([False, True])),
+              ("clean", 0): (np.array([0, 1]), np.array([True, True]), np.array([True, False]))}
+    r = gap_report(frames, domains, (3, 5))
+    assert r["by_severity"]["5"]["gap"] == pytest.approx(0.5) and r["by_severity"]["3"]["gap"] == 0.0
+    assert r["all"]["gap"] == pytest.approx(0.25) and r["all"]["frames"] == 4
+    assert r["clean"]["cells"] == [{"true": "clean", "detected": "a", "count": 1, "share": 0.5, "cost": 0.5,
+                                    "cost_per_frame": 1.0}]
+
+
+def test_run_gap_matches_the_arms(small_run):
+    g, a = small_run["gap"], small_run["arms"]
+    five = g["by_severity"]["5"]
+    assert five["gap"] == pytest.approx(a["oracle"]["by_severity"]["5"] - a["dynbn"]["by_severity"]["5"])
+    assert sum(c["cost"] for c in five["cells"]) + five["diagonal_cost"] == pytest.approx(five["gap"])
+    assert abs(five["diagonal_cost"]) <= 0.01  # same table: only floating-point ties differ
+    assert g["clean"]["gap"] == pytest.approx(small_run["clean"]["oracle"] - small_run["clean"]["dynbn"])
+    # the detections the gap reads are the detector's: its accuracy is the share of unconfused frames
+    assert 1 - five["confused_share"] == pytest.approx(small_run["detector"]["by_severity"]["5"])
+    assert "## Where dynbn loses to the oracle" in reproduce_markdown(small_run, "dynbn reproduce --test")
+
+
+@pytest.mark.parametrize("temperature", [None, 2.0])
+def test_dynbn_arm_reports_its_own_detections(resnet20, frames, temperature):
+    """The gap reads the dynbn arm's own detections (one detector pass): hard or soft, the most probable domain."""
+    import torch
+
+    from dynbn.bn.table import calibrate
+    from dynbn.detector import Detector
+    from dynbn.methods import DynBNFrame, DynBNSoft
+
+    torch.manual_seed(0)
+    x, y = frames[:40], torch.zeros(40, dtype=torch.long)
+    table = calibrate(resnet20, {"clean": x[:16], "contrast": x[16:32] * 0.3})
+    detector = Detector(["clean", "contrast"]).eval()
+    cfg = ReproduceConfig(eval_batch=16, soft_temperature=temperature)
+    arm = dynbn_arm(resnet20, table, detector, cfg)
+    assert isinstance(arm, DynBNFrame if temperature is None else DynBNSoft)
+    found = {}
+    run_arms({"dynbn": arm}, x, y, "clean", cfg, found)
+    with torch.no_grad():
+        assert torch.equal(found["dynbn"], detector(x).argmax(1))
+
+
+def test_cli_reproduce_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["reproduce", "--out", "o", "--soft-temperature", "3", "--detector-images", "1600"])
+    assert (args.soft_temperature, args.detector_images) == (3.0, 1600)
+    args = parser.parse_args(["reproduce", "--out", "o"])
+    assert (args.soft_temperature, args.detector_images) == (None, None)
+    for bad in (["--soft-temperature", "0"], ["--detector-images", "-5"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["reproduce", "--out", "o", *bad])
 
 
 def test_cli_reports_a_missing_data_directory(tmp_path, capsys):

@@ -76,6 +76,28 @@ def _read_classes(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a float > 0 (``--soft-temperature``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (``--detector-images``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
+    return value
+
+
 def cmd_reproduce(args) -> int:
     cfg = ReproduceConfig.quick(args.seed) if args.quick else ReproduceConfig()
     cfg.model = args.model
@@ -83,6 +105,9 @@ def cmd_reproduce(args) -> int:
     cfg.fit.severity_images = 0  # the paper's table: no arm here reads the severity head or its entries
     if args.images:
         cfg.test_images = args.images
+    if args.detector_images:
+        cfg.fit.detector_images = args.detector_images
+    cfg.soft_temperature = args.soft_temperature
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -124,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--quick", action="store_true", help="400 test images, severities 3 and 5 (< 3 minutes)")
     p.add_argument("--images", type=int, default=None, help="test images per corruption and severity")
+    p.add_argument("--detector-images", type=_positive_int, default=None,
+                   help="detector training images per domain and severity (default 400)")
+    p.add_argument("--soft-temperature", type=_positive_float, default=None,
+                   help="dynbn arm: mix every domain's entry by softmax(detector logits / T) (dynbn_soft) instead of "
+                        "taking the detected domain's (default: the detected domain's)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reproduce)
 

@@ -6,6 +6,13 @@ domain, per frame), ``oracle`` (statistics of the true domain) and ``bn_adapt`` 
 of shuffled test batches of 200). The detector's accuracy is reported per severity and
 corruption, with its confusion matrix, and the oracle/dynbn accuracy for several table
 sizes K.
+
+``dynbn`` and ``oracle`` read the same table, so a frame whose detected domain is its true
+domain scores the same under both: the gap oracle - dynbn splits exactly over the cells
+(true, detected) of the confusion matrix (``gap_cells``), each cell costing what its frames
+lose against the oracle. The detected domain per frame is the ``dynbn`` arm's own (one
+detector pass per frame). ``ReproduceConfig.soft_temperature`` makes the ``dynbn`` arm the
+mixture of entries weighted by the detector's posterior (``DynBNSoft``) instead.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from ..detector import config_dict
 from ..domains import BENCHMARK, CLEAN
 from ..fitting import FitConfig, build
 from ..sampling import apply, rng_for
-from ..methods import BNAdapt, DynBNFrame, DynBNOracle, Source
+from ..methods import BNAdapt, DynBNFrame, DynBNOracle, DynBNSoft, Source
 from ..models import build_model, model_macs
 from ..progress import progress
 from ..spectrum import to_tensor
@@ -43,6 +50,9 @@ class ReproduceConfig:
     sweep_images: int = 500         # test frames per corruption/severity for the K sweep
     eval_batch: int = 500
     fit: FitConfig = field(default_factory=FitConfig)
+    # None: the dynbn arm normalises each frame with its detected domain's entry (DynBNFrame, the paper);
+    # T > 0: with the mixture of every entry weighted by softmax(detector logits / T) (DynBNSoft)
+    soft_temperature: float | None = None
 
     @property
     def seed(self) -> int:
@@ -53,22 +63,72 @@ class ReproduceConfig:
         return cls(test_images=400, severities=(3, 5), k_sweep=(16, 64, 256), sweep_images=100, fit=FitConfig.quick(seed))
 
 
-def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None) -> torch.Tensor:
+def dynbn_arm(model, table, detector, cfg: ReproduceConfig):
+    """The ``dynbn`` arm: hard selection (``DynBNFrame``) or, with ``cfg.soft_temperature``, the mixture (``DynBNSoft``)."""
+    if cfg.soft_temperature is None:
+        return DynBNFrame(model, table, detector)
+    return DynBNSoft(model, table, detector, cfg.soft_temperature)
+
+
+def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None,
+             detected: list | None = None) -> torch.Tensor:
+    """Predicted class per frame; with ``detected`` (a list), also collects the method's ``last_detected``
+    (``DynBNFrame``: the detected domain index per frame) batch by batch."""
     preds = []
     for start in range(0, len(x), batch):
         t = None if truth is None else truth[start:start + batch]
         preds.append(method(x[start:start + batch], None, t).argmax(1))
+        if detected is not None:
+            detected.append(method.last_detected.cpu())
     return torch.cat(preds)
 
 
-def run_arms(arms: dict, x: torch.Tensor, y: torch.Tensor, domain: str, cfg: ReproduceConfig) -> dict[str, torch.Tensor]:
-    """Per-frame correctness (bool tensor) of every arm on frames that all belong to ``domain``."""
+def run_arms(arms: dict, x: torch.Tensor, y: torch.Tensor, domain: str, cfg: ReproduceConfig,
+             detected: dict | None = None) -> dict[str, torch.Tensor]:
+    """Per-frame correctness (bool tensor) of every arm on frames that all belong to ``domain``.
+
+    ``detected`` (a dict): filled with the detected domain index per frame (long tensor) of every arm
+    that detects one (``last_detected``), from the arm's own pass."""
     out = {}
     truth = [domain] * len(x)
     for name, method in arms.items():
         batch = cfg.bn_adapt_batch if name == "bn_adapt" else cfg.eval_batch
-        out[name] = _batched(method, x, batch, truth) == y
+        found = [] if detected is not None and hasattr(method, "last_detected") else None
+        out[name] = _batched(method, x, batch, truth, found) == y
+        if found is not None:
+            detected[name] = torch.cat(found)
     return out
+
+
+def gap_cells(true, detected, oracle_ok, dynbn_ok, domains: list[str]) -> dict:
+    """The gap oracle - dynbn split over the confusion matrix's cells (true domain, detected domain).
+
+    ``true``, ``detected``: domain indices per frame (into ``domains``); ``oracle_ok``, ``dynbn_ok``:
+    whether each arm classified the frame correctly. A cell's ``cost`` is (1 / frames) times the sum over
+    its frames of (oracle correct - dynbn correct), so the cells' costs add up to the gap exactly
+    (accuracies as fractions, like the rest of the report). With the hard arm (``DynBNFrame``) a correctly
+    detected frame gets the same statistics in both arms, so the diagonal costs nothing (``diagonal_cost``:
+    the check); with the soft arm (``DynBNSoft``, detected = most probable domain) it need not. ``cells``:
+    the off-diagonal cells with frames, most costly first, with their ``count``, ``share`` of the frames,
+    ``cost`` and ``cost_per_frame`` (the cost spread over the cell's own frames: how much a confusion of
+    that kind costs each time it happens).
+    """
+    true, detected = np.asarray(true, dtype=np.int64), np.asarray(detected, dtype=np.int64)
+    diff = np.asarray(oracle_ok, dtype=np.float64) - np.asarray(dynbn_ok, dtype=np.float64)
+    n, d = len(diff), len(domains)
+    if not n:
+        return {"frames": 0, "gap": 0.0, "diagonal_cost": 0.0, "confused_share": 0.0, "cells": []}
+    cell = true * d + detected
+    counts = np.bincount(cell, minlength=d * d)
+    costs = np.bincount(cell, weights=diff, minlength=d * d) / n
+    diagonal = np.arange(d) * (d + 1)
+    off = np.setdiff1d(np.flatnonzero(counts), diagonal)
+    cells = [{"true": domains[i // d], "detected": domains[i % d], "count": int(counts[i]),
+              "share": float(counts[i] / n), "cost": float(costs[i]),
+              "cost_per_frame": float(costs[i] * n / counts[i])} for i in off]
+    cells.sort(key=lambda c: (-c["cost"], -c["count"], c["true"], c["detected"]))
+    return {"frames": int(n), "gap": float(diff.mean()), "diagonal_cost": float(costs[diagonal].sum()),
+            "confused_share": float(counts[off].sum() / n), "cells": cells}
 
 
 def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
@@ -81,23 +141,26 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
     test = data.load_cifar10("test", root).subset(cfg.test_images, cfg.seed)
     detector, tables, timings = build(model, train, cfg.fit, frost, list(cfg.k_sweep), log)
     table = tables[cfg.fit.table_images]
-    arms = {"source": Source(model), "dynbn": DynBNFrame(model, table, detector),
+    arms = {"source": Source(model), "dynbn": dynbn_arm(model, table, detector, cfg),
             "oracle": DynBNOracle(model, table), "bn_adapt": BNAdapt(model)}
     y = torch.from_numpy(test.labels)
     domains = list(detector.domains)
     acc = {arm: {} for arm in ARMS}          # arm -> (corruption, severity) -> accuracy
     confusion = np.zeros((len(domains), len(domains)), dtype=np.int64)
     det_acc, sweep = {}, {k: {"oracle": [], "dynbn": []} for k in tables}
-    sweep_arms = {k: {"oracle": DynBNOracle(model, tab), "dynbn": DynBNFrame(model, tab, detector)}
+    frames = {}                              # (corruption, severity) -> (detected, oracle ok, dynbn ok) per frame
+    sweep_arms = {k: {"oracle": DynBNOracle(model, tab), "dynbn": dynbn_arm(model, tab, detector, cfg)}
                   for k, tab in tables.items()}
     t_eval = time.perf_counter()
     for c, s in progress(list(product(cfg.corruptions, cfg.severities)), desc="reproduce", unit="cell"):
         x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost))
-        correct = run_arms(arms, x, y, c, cfg)
+        found = {}
+        correct = run_arms(arms, x, y, c, cfg, found)
         for arm, ok in correct.items():
             acc[arm][(c, s)] = ok.float().mean().item()
-        detected = _batched(lambda b, *_: detector(b), x, cfg.eval_batch)
+        detected = found["dynbn"]  # the dynbn arm's own detection: one detector pass per frame
         det_acc[(c, s)] = (detected == domains.index(c)).float().mean().item()
+        frames[(c, s)] = (detected.numpy(), correct["oracle"].numpy(), correct["dynbn"].numpy())
         np.add.at(confusion[domains.index(c)], detected.numpy(), 1)
         for k, sub in sweep_arms.items():
             n = cfg.sweep_images
@@ -107,12 +170,32 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
                 sweep[k][arm].append(value.float().mean().item())
         log(f"{c:>18} s{s}: " + "  ".join(f"{a} {acc[a][(c, s)]:.3f}" for a in ARMS) + f"  detector {det_acc[(c, s)]:.3f}")
     clean_x = to_tensor(test.images)
-    clean = {a: ok.float().mean().item() for a, ok in run_arms(arms, clean_x, y, CLEAN, cfg).items()}
-    clean_detected = _batched(lambda b, *_: detector(b), clean_x, cfg.eval_batch)
+    found = {}
+    clean_ok = run_arms(arms, clean_x, y, CLEAN, cfg, found)
+    clean = {a: ok.float().mean().item() for a, ok in clean_ok.items()}
+    clean_detected = found["dynbn"]
     np.add.at(confusion[domains.index(CLEAN)], clean_detected.numpy(), 1)
+    frames[(CLEAN, 0)] = (clean_detected.numpy(), clean_ok["oracle"].numpy(), clean_ok["dynbn"].numpy())
     timings["evaluate_s"] = time.perf_counter() - t_eval
     timings["total_s"] = time.perf_counter() - t_start
-    return _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, sweep, detector, model, timings)
+    gap = gap_report(frames, domains, cfg.severities)
+    return _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, sweep, detector, model, timings, gap)
+
+
+def gap_report(frames: dict, domains: list[str], severities) -> dict:
+    """``gap_cells`` per severity, over all severities and for the clean frames (key ``(clean, 0)`` in
+    ``frames``, which maps (corruption, severity) to per-frame (detected, oracle ok, dynbn ok) arrays)."""
+    def cells(keys):
+        keys = [k for k in keys if k in frames]
+        if not keys:
+            return gap_cells([], [], [], [], domains)
+        true = np.concatenate([np.full(len(frames[k][0]), domains.index(k[0])) for k in keys])
+        parts = [np.concatenate([frames[k][i] for k in keys]) for i in range(3)]
+        return gap_cells(true, parts[0], parts[1], parts[2], domains)
+
+    corrupted = [k for k in frames if k[0] != CLEAN]
+    return {"by_severity": {str(s): cells([k for k in corrupted if k[1] == s]) for s in severities},
+            "all": cells(corrupted), "clean": cells([k for k in frames if k[0] == CLEAN])}
 
 
 def _mean(values) -> float:
@@ -120,7 +203,8 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, sweep, detector, model, timings) -> dict:
+def _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, sweep, detector, model, timings,
+               gap=None) -> dict:
     sev = [str(s) for s in cfg.severities]
     arms = {
         arm: {"mean": _mean(table.values()),
@@ -143,7 +227,9 @@ def _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, swe
             "macs": detector.macs(), "model_macs": model_macs(model),
             "config": config_dict(cfg.fit.detector),
         },
+        "gap": gap,
         "k_sweep": {str(k): {arm: _mean(v) for arm, v in d.items()} for k, d in sweep.items()},
+        "dynbn_arm": "dynbn_frame" if cfg.soft_temperature is None else f"dynbn_soft (temperature {cfg.soft_temperature:g})",
         "fit": {"detector_images_per_corruption_severity": cfg.fit.detector_images,
                 "table_images": cfg.fit.table_images, "sweep_images": cfg.sweep_images},
         "clean_bias": timings.pop("clean_bias_evidence", None),

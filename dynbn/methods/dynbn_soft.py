@@ -43,6 +43,11 @@ class DynBNSoft(Method):
         self.last_index, self.last_confidence = index.cpu(), confidence.cpu()
         return self.switch.forward(x, weights=probs)
 
+    @property
+    def last_detected(self) -> torch.Tensor | None:
+        """The most probable domain per frame of the last batch (``DynBNFrame``'s name for its detection)."""
+        return self.last_index
+
     def last_conditions(self) -> list[Condition] | None:
         if self.last_index is None:
             return None
