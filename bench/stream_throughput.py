@@ -116,6 +116,13 @@ def publish(t: RedisTransport, scn, frames, rate: float = 0.0) -> None:
     t.setup()
     t.set_run(scenario=scn.name, planned=len(frames), published=0, done=0, partitions=scn.partitions,
               arms=",".join(scn.arms), label_kind="cifar10", started=time.time())
+    send(t, scn.partitions, frames, rate)
+    t.set_run(published=len(frames), done=1)
+
+
+def send(t: RedisTransport, partitions: int, frames, rate: float = 0.0) -> None:
+    """XADD frames (camera index, seq, frame, truth) to their cameras' partitions, pipelined in bursts of 16
+    (or paced at ``rate`` frames/s); the run hash is the caller's."""
     start = time.monotonic()
     for i in range(0, len(frames), 16):
         if rate:
@@ -123,9 +130,41 @@ def publish(t: RedisTransport, scn, frames, rate: float = 0.0) -> None:
         pipe = t.r.pipeline(transaction=False)
         for c, seq, frame, truth in frames[i:i + 16]:
             fields = FrameMessage.from_frame(f"cam{c:02d}", seq, frame, time.time(), truth).to_fields()
-            pipe.xadd(t.keys.frames(c % scn.partitions), fields)  # pipelined: no per-frame script round trip
+            pipe.xadd(t.keys.frames(c % partitions), fields)  # pipelined: no per-frame script round trip
         pipe.execute()
-    t.set_run(published=len(frames), done=1)
+
+
+def worker_env(url: str, prefix: str, scenario: Path, threads: int, **extra: str) -> dict:
+    """The environment of scenario worker processes (``python -m streamer.worker``) that exit once the run is
+    complete; ``extra``: further variables (``STREAMER_DEVICE=...``)."""
+    return {**os.environ, "REDIS_URL": url, "STREAMER_PREFIX": prefix, "STREAMER_SCENARIO": str(scenario),
+            "STREAMER_THREADS": str(threads), "STREAMER_EXIT_WHEN_DONE": "true", "PYTHONPATH": str(ROOT), **extra}
+
+
+def start_workers(env: dict, n: int, logs: Path | None = None) -> list[subprocess.Popen]:
+    """``n`` worker processes; each one's output goes to ``logs/worker{i}.log`` (default: nowhere)."""
+    command, procs = [sys.executable, "-m", "streamer.worker"], []
+    for i in range(n):
+        if logs is None:
+            procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            continue
+        with open(logs / f"worker{i}.log", "w") as out:  # the child keeps its own copy of the file
+            procs.append(subprocess.Popen(command, env={**env, "STREAMER_NAME": f"worker{i}"}, cwd=ROOT,
+                                          stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def join(t: RedisTransport, workers: int, procs=(), timeout_s: float | None = None, settle_s: float = 4.0) -> None:
+    """Wait until ``workers`` workers are members, then ``settle_s`` for them to split the partitions (heartbeats
+    every lease/3 s, balancing every 0.5 s); RuntimeError when one of ``procs`` exits first or ``timeout_s`` passes."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while t.r.zcard(t.keys.members) < workers:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker process exited before joining")
+        if deadline is not None and time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} worker(s) did not join within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    time.sleep(settle_s)
 
 
 def steady_fps(results) -> float:
@@ -144,21 +183,14 @@ def e2e(server: RedisServer, scenario: Path, scn, frames, workers: int, threads:
         rate: float = 0.0) -> dict:
     """One end-to-end run (``mode`` drain, live or paced) with ``workers`` worker processes."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "REDIS_URL": server.url, "STREAMER_PREFIX": prefix, "STREAMER_SCENARIO": str(scenario),
-           "STREAMER_THREADS": str(threads), "STREAMER_EXIT_WHEN_DONE": "true", "PYTHONPATH": str(ROOT)}
+    env = worker_env(server.url, prefix, scenario, threads)
     t = RedisTransport(connect(server.url), Keys(prefix), scn.partitions)
-
-    def start_workers():
-        return [subprocess.Popen([sys.executable, "-m", "streamer.worker"], env=env, cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
     if mode == "drain":
         publish(t, scn, frames)
-        procs = start_workers()
+        procs = start_workers(env, workers)
     else:
-        procs = start_workers()
-        while t.r.zcard(t.keys.members) < workers:
-            time.sleep(0.1)
-        time.sleep(4.0)  # let the workers split the partitions (heartbeats every lease/3 s, balancing every 0.5 s)
+        procs = start_workers(env, workers)
+        join(t, workers)  # and let them split the partitions
         publish(t, scn, frames, rate)
     while not run_complete(t):
         time.sleep(0.1)

@@ -264,7 +264,7 @@ def model_macs(model: nn.Module, input_size: int = 32) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size))
+        model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
     for h in handles:
         h.remove()
     return macs

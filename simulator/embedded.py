@@ -43,14 +43,15 @@ def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = No
 
 def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None, artifacts=None, data_dir=None,
                  workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600,
-                 max_backlog: int | None = None, serve_page: int = 0) -> dict:
+                 max_backlog: int | None = None, serve_page: int = 0, device: str = "auto") -> dict:
     """Fit (or load) artifacts, publish, consume, report; returns the report dict. ``max_backlog``: frames not
     yet acknowledged before the simulator waits (default: four batches per worker). ``serve_page``: a port for
-    the live page, /metrics and the health endpoints while the run lasts (0: none)."""
+    the live page, /metrics and the health endpoints while the run lasts (0: none). ``device``: where the
+    workers' arms run (``dynbn.device.resolve_device``: auto, cpu, cuda or cuda:N)."""
+    device = resolve_device(device)  # first: a bad device fails before the fit
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
-    device = resolve_device()
     observer = Observer(scn.domains())
     server = serve_http(observer, serve_page) if serve_page else None
     pool = [_worker(transport, scn, model, table_, detector, device, f"embedded-{i}", observer) for i in range(workers)]

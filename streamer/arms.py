@@ -32,8 +32,10 @@ def available() -> list[str]:
 
 def build_arms(names: list[str], model: torch.nn.Module, table, detector, settings: dict[str, dict] | None = None,
                device: str = "cpu") -> dict:
-    """name -> method, in the order given; ``settings`` holds each arm's plain settings (a scenario's ``arm_settings``)."""
+    """name -> method, in the order given; ``settings`` holds each arm's plain settings (a scenario's ``arm_settings``).
+    Every arm lives on ``device``: its copies of the model and detector, and the BN table it reads."""
     settings = settings or {}
+    table = table.to(device) if table is not None else None  # the arms that read it build their statistics from it
     arms = {}
     for name in names:
         if name not in REGISTRY:

@@ -10,25 +10,14 @@ import signal
 
 import torch
 
+from dynbn.device import resolve_device
+
 from .completion import retrying
 from .consumer import RunMismatch, Worker
 
+__all__ = ["resolve_device", "run_worker"]  # resolve_device: dynbn.device's, the one parser of --device
+
 log = logging.getLogger("streamer")
-
-
-def resolve_device(spec: str = "auto") -> str:
-    """``auto`` (the first CUDA device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; ValueError otherwise."""
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return spec
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: torch sees no CUDA device here (use --device cpu or auto)")
-        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return spec
-    raise ValueError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
 def run_worker(worker: Worker, until_done: bool = False) -> int:

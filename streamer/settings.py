@@ -30,6 +30,7 @@ class StreamerSettings(BaseSettings):
     max_batch_bytes: int = Field(64 << 20, ge=1 << 16, description="frame bytes one batch holds at most (plus one entry)")
     exit_when_done: bool = False
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    device: str = Field("auto", description="auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz and the live page; 0: off")
     keep_freed_memory: bool = Field(True, description="raise glibc's malloc thresholds (streamer.allocator): "
                                     "~20 % faster CPU forwards for the peak heap kept")

@@ -39,6 +39,11 @@ def main() -> int:
     if s.keep_freed_memory:
         keep_freed_memory()
     scn = load(resolve(s.scenario))
+    try:
+        device = resolve_device(s.device)
+    except ValueError as exc:
+        log.error("STREAMER_DEVICE: %s", exc)
+        return 2
     observer = Observer(scn.domains())
     if s.metrics_port:
         try:
@@ -46,7 +51,6 @@ def main() -> int:
         except PortInUse as exc:
             log.error("%s", exc)
             return 2
-    device = resolve_device()
     model, detector, table = load_or_fit(scn, s.artifacts, s.data_dir, log=log.info)
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     transport = RedisTransport(service_connect(s.redis_url, 0, s.redis_ca), Keys(s.prefix),

@@ -1,7 +1,8 @@
 """A private redis-server for tests: free port, temporary folder, AOF (fsync always by default).
 
 AOF makes a restart keep every acknowledged write (streams, groups, pending entries),
-which the restart test relies on. Never touches the shared server on 6379.
+which the restart test relies on; ``aof=False`` keeps nothing on disk (benchmarks that time
+the workers, not the disk). Never touches the shared server on 6379.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ class RedisServer:
     """Start/stop/restart one redis-server process on 127.0.0.1:port."""
 
     def __init__(self, folder: Path, port: int | None = None, fsync: str = "always",
-                 password: str | None = None, tls: bool = False) -> None:
-        self.folder, self.port, self.fsync = Path(folder), port or free_port(), fsync
+                 password: str | None = None, tls: bool = False, aof: bool = True) -> None:
+        self.folder, self.port, self.fsync, self.aof = Path(folder), port or free_port(), fsync, aof
         self.password, self.tls = password, tls
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
@@ -63,7 +64,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [binary, *self._args(), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--protected-mode", "no"],
+             "--appendonly", "yes" if self.aof else "no", "--appendfsync", self.fsync, "--save", "", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

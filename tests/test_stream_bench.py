@@ -195,6 +195,27 @@ def test_acceptance_and_catch_up_read_the_rows():
     assert all("dynbn_prior" in what for what, _, _ in prior)
 
 
+def test_peer_checks_need_the_whole_interval_above_zero_except_iid_at_larger_batches():
+    from dynbn.experiments.stream_report import peer_acceptance
+
+    def comp(b, arm, lo, hi):
+        return {"batch_size": b, "arm": arm, "diff": (lo + hi) / 2, "ci95": [lo, hi]}
+
+    comps = [comp(1, "bn_adapt", 0.30, 0.40), comp(1, "lame", 0.01, 0.05),
+             comp(64, "bn_adapt", -0.02, 0.01),  # behind, but within the interval
+             comp(64, "tent", 0.02, 0.05), comp(64, "dynbn_prior", -0.09, -0.05)]  # not a peer: ignored
+    r = {"batch_sizes": [1, 64], "recommended": "dynbn_vote", "comparisons": comps, "labels": "iid"}
+    assert [ok for _, ok, _ in peer_acceptance(r)] == [True, True]
+    assert "closest: lame +3.0" in peer_acceptance(r)[0][2]
+    # a correlated label order asks for the interval above 0 at every B: bn_adapt at B = 64 fails it
+    checks = peer_acceptance(dict(r, labels="video:8"))
+    assert [ok for _, ok, _ in checks] == [True, False] and "bn_adapt" in checks[1][2] and "tent" not in checks[1][2]
+    # iid at B = 64: a peer ahead beyond its interval fails
+    r["comparisons"] = comps[:2] + [comp(64, "bn_ema", -0.04, -0.01)]
+    assert [ok for _, ok, _ in peer_acceptance(r)] == [True, False]
+    assert peer_acceptance({"batch_sizes": [1]}) == []  # reports made before the comparisons
+
+
 def _fake_artifacts(model, folder):
     """A table over every default domain (source statistics, variances scaled a little) and an untrained detector."""
     from dynbn.bn.table import BNTable, current_stats, fingerprint
@@ -422,13 +443,13 @@ def test_cli_arm_option_needs_a_name_a_key_and_a_value(tmp_path):
             main(["stream-bench", "--arm", bad, "--out", str(tmp_path / "o")])
 
 
-def test_stream_bench_help_lists_at_most_twenty_two_options():
+def test_stream_bench_help_lists_at_most_twenty_three_options():
     """Protocol choices only, no experiment knobs (21 since --labels, the label order, joined the protocol; 22
-    since --realtime, the real-time protocol)."""
+    since --realtime, the real-time protocol; 23 since --device)."""
     from dynbn.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices["stream-bench"]
-    assert len(sub._actions) <= 22, [a.option_strings for a in sub._actions]
+    assert len(sub._actions) <= 23, [a.option_strings for a in sub._actions]
 
 
 def test_committed_reports_are_their_json_rendered():
@@ -442,3 +463,23 @@ def test_committed_reports_are_their_json_rendered():
     assert len(reports) == 7
     for path in reports:
         assert stream_markdown(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path.parent.name
+
+
+def test_artifacts_take_a_bundle_checked_against_the_model(bundle, resnet20, tmp_path):
+    """--artifacts reads a `dynbn fit` bundle (manifest, checksums, the model it was fitted for) as well as an
+    earlier run's artifacts/ folder; a bundle for other weights is refused by name."""
+    import argparse
+
+    from dynbn.bundle import BundleError, load_bundle
+    from dynbn.cli.stream import artifacts
+
+    args = argparse.Namespace(artifacts=str(bundle), model="resnet20")
+    detector, table, info = artifacts(args, resnet20, tmp_path)
+    ref = load_bundle(bundle)
+    assert detector.domains == ref.detector.domains and table.domains == ref.table.domains
+    assert info["artifacts"] == str(bundle)
+    from dynbn.models import build_model
+
+    other = build_model("resnet32")
+    with pytest.raises(BundleError, match="resnet"):
+        artifacts(args, other, tmp_path)

@@ -103,6 +103,11 @@ class BNTable:
             table.check(model)
         return table
 
+    def to(self, device: str | torch.device) -> "BNTable":
+        """The table with every entry on ``device`` (a new table; tensors already there are shared, not copied)."""
+        return BNTable(dict(self.layers), {d: {k: v.to(device) for k, v in entry.items()} for d, entry in self.stats.items()},
+                       dict(self.meta))
+
     def stacked(self, layer: str, domains: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances of one layer for the given domains: two ``(D, C)`` tensors."""
         domains = domains or self.domains

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .. import data
+from ..device import device_help
 from ..experiments.machine import machine
 
 
@@ -19,6 +20,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """``--data-dir`` and ``--seed``."""
     p.add_argument("--data-dir", default=None, help=f"data directory (default: ${data.ENV_VAR} or {data.DEFAULT_DIR})")
     p.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
+
+
+def add_device(p: argparse.ArgumentParser, default: str) -> None:
+    """``--device``, read by ``dynbn.device.resolve_device`` (the same help text in every command)."""
+    p.add_argument("--device", default=default, help=device_help(default))
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

@@ -13,12 +13,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import corruptions, data
 from ..bundle import fit_bundle
+from ..device import resolve_device
 from ..domains import CLEAN
 from ..fitting import FitConfig
 from ..experiments.report import reproduce_markdown
 from ..experiments.reproduce import ReproduceConfig, reproduce
 from . import scenario, serve, stream, studies
-from .common import add_common, command_line, fail, say, write_report
+from .common import add_common, add_device, command_line, fail, say, write_report
 
 
 def cmd_data(args) -> int:
@@ -108,6 +109,10 @@ def cmd_reproduce(args) -> int:
     if args.detector_images:
         cfg.fit.detector_images = args.detector_images
     cfg.soft_temperature = args.soft_temperature
+    try:
+        cfg.device = resolve_device(args.device)
+    except ValueError as exc:
+        return fail(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -150,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="400 test images, severities 3 and 5 (< 3 minutes)")
     p.add_argument("--images", type=int, default=None, help="test images per corruption and severity")
     p.add_argument("--detector-images", type=_positive_int, default=None,
-                   help="detector training images per domain and severity (default 400)")
+                   help="detector training images per domain and severity (default 3200; 400 with --quick)")
     p.add_argument("--soft-temperature", type=_positive_float, default=None,
                    help="dynbn arm: mix every domain's entry by softmax(detector logits / T) (dynbn_soft) instead of "
                         "taking the detected domain's (default: the detected domain's)")
+    add_device(p, "cpu")  # the committed reports were made on the CPU
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reproduce)
 

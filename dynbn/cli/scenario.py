@@ -11,9 +11,16 @@ from simulator.embedded import print_summary, run_scenario
 from simulator.sources import write_demo_video
 from streamer.scenario import SCENARIO_DIR, ScenarioError, load, resolve, shipped
 
+from ..device import resolve_device
+from .common import add_device, fail
+
 
 def cmd_run(args) -> int:
     """Run a scenario in this process and print its report table; 1 if a frame lacks its one result."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return fail(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     scn = load(resolve(args.scenario))
@@ -22,7 +29,7 @@ def cmd_run(args) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     out = Path(args.out)
     rep = run_scenario(scn, out, redis_url=url, artifacts=args.artifacts, data_dir=args.data_dir,
-                       workers=args.workers, prefix=args.prefix, serve_page=args.serve_page)
+                       workers=args.workers, prefix=args.prefix, serve_page=args.serve_page, device=device)
     print_summary(rep, out)
     return 0 if rep["missing_results"] == 0 and rep["duplicate_results"] == 0 else 1
 
@@ -66,6 +73,7 @@ def register(sub) -> None:
     r.add_argument("--workers", type=int, default=1, help="worker threads in this process (default 1)")
     r.add_argument("--frames", type=int, default=None, help="override frames per camera")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_device(r, "auto")
     r.add_argument("--prefix", default=None, help="Redis key prefix (default: a fresh one per run)")
     r.add_argument("--serve-page", type=int, default=0, metavar="PORT",
                    help="serve the live page, /metrics and the health endpoints on this port while it runs")

@@ -17,6 +17,7 @@ from streamer.web import PortInUse
 
 from .. import data
 from ..bundle import BundleError
+from ..device import device_help
 from ..progress import progress
 from .common import fail
 
@@ -132,7 +133,7 @@ def register(sub) -> None:
     p.add_argument("--bundle", required=True, help="a folder written by `dynbn fit`")
     _redis(p)
     p.add_argument("--arm", default=None, help="the method to serve (default dynbn_vote)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default=None, help=device_help("auto"))
     p.add_argument("--batch", type=int, default=None, help="frames per batch at most (default 64)")
     p.add_argument("--max-wait-ms", type=int, default=None, help="wait after a batch's first frame (default 20)")
     p.add_argument("--retention", type=int, default=None, help="results/events kept per partition (default 100000)")

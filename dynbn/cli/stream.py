@@ -22,7 +22,9 @@ import yaml
 
 from .. import data
 from ..bn.table import BNTable
+from ..bundle import load_bundle
 from ..detector import Detector
+from ..device import resolve_device
 from ..domains import EXTRA, MIXTURES
 from ..labels import parse_order
 from ..experiments.stream_bench import BenchConfig, run_bench
@@ -32,7 +34,7 @@ from ..experiments.stream_tune import TuneConfig, tune
 from ..fitting import FitConfig, build, split_train
 from ..methods.registry import REGISTRY, arm_kwargs
 from ..models import build_model
-from .common import add_common, add_threads, fail, say, set_threads, write_report
+from .common import add_common, add_device, add_threads, fail, say, set_threads, write_report
 
 STREAMS = {"seen": None, "held-out": EXTRA, "mixtures": MIXTURES}  # what the streams carry (None: the fit's domains)
 
@@ -80,6 +82,9 @@ def artifacts(args, model, out: Path):
     """(detector, table, info): loaded from ``--artifacts`` or fitted now and saved under out/artifacts."""
     if args.artifacts:
         src = Path(args.artifacts)
+        if (src / "manifest.json").exists():  # a bundle (`dynbn fit --out`): checked against the model
+            bundle = load_bundle(src, model)
+            return bundle.detector, bundle.table, {"artifacts": str(src), "bundle": bundle.manifest.get("results")}
         detector = Detector.load(src / "detector.safetensors")
         table = BNTable.load(src / f"bn_table-{args.model}.safetensors", model)
         return detector, table, {"artifacts": str(src)}
@@ -105,6 +110,7 @@ def bench_config(args) -> BenchConfig:
               seed=args.seed, phase=not args.no_phase, streams=args.streams, split=args.split,
               labels=str(parse_order(args.labels)), realtime=args.realtime)
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    cfg.device = resolve_device(args.device)
     if args.frames:
         cfg.frames = args.frames
     if STREAMS[args.streams] is not None:
@@ -180,7 +186,7 @@ def _shared(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--severity", type=int, choices=range(1, 6), default=5, help="corruption severity (default 5)")
-    p.add_argument("--artifacts", default=None, help="folder written by `dynbn fit --out` (default: fit here)")
+    p.add_argument("--artifacts", default=None, help="a bundle (`dynbn fit --out`) or an earlier run's artifacts/ folder (default: fit here)")
     p.add_argument("--detector-seed", type=int, default=None,
                    help="seed of the detector's weights and batch order only (default: --seed): the spread over "
                         "detector seeds is the fit's own noise")
@@ -212,6 +218,7 @@ def register(subparsers) -> None:
     p.add_argument("--arm", type=_arm_setting, action="append", metavar="NAME.key=value",
                    help="an arm's setting, repeatable: bn_prior.prior=2, dynbn_vote.rule=1,0.3,1,3, dynbn_open.ramp=false")
     p.add_argument("--arms-config", default=None, metavar="FILE.yaml", help="arms' settings {arm: {setting: value}}")
+    add_device(p, "cpu")  # the committed reports were made on the CPU
     p.set_defaults(func=cmd_stream_bench)
 
     p = subparsers.add_parser("tune-vote", help="tune the vote rule and bn_ema's momentum on training streams")

@@ -53,6 +53,9 @@ class ReproduceConfig:
     # None: the dynbn arm normalises each frame with its detected domain's entry (DynBNFrame, the paper);
     # T > 0: with the mixture of every entry weighted by softmax(detector logits / T) (DynBNSoft)
     soft_temperature: float | None = None
+    # where the arms run (a resolved torch device: ``dynbn.device.resolve_device``): the model, detector, BN
+    # tables and test frames move there after the fit, which runs on the CPU
+    device: str = "cpu"
 
     @property
     def seed(self) -> int:
@@ -77,7 +80,7 @@ def _batched(method, x: torch.Tensor, batch: int, truth: list[str] | None = None
     preds = []
     for start in range(0, len(x), batch):
         t = None if truth is None else truth[start:start + batch]
-        preds.append(method(x[start:start + batch], None, t).argmax(1))
+        preds.append(method(x[start:start + batch], None, t).argmax(1).cpu())
         if detected is not None:
             detected.append(method.last_detected.cpu())
     return torch.cat(preds)
@@ -140,6 +143,8 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
     train = data.load_cifar10("train", root)
     test = data.load_cifar10("test", root).subset(cfg.test_images, cfg.seed)
     detector, tables, timings = build(model, train, cfg.fit, frost, list(cfg.k_sweep), log)
+    model, detector = model.to(cfg.device), detector.to(cfg.device)
+    tables = {k: tab.to(cfg.device) for k, tab in tables.items()}
     table = tables[cfg.fit.table_images]
     arms = {"source": Source(model), "dynbn": dynbn_arm(model, table, detector, cfg),
             "oracle": DynBNOracle(model, table), "bn_adapt": BNAdapt(model)}
@@ -153,7 +158,7 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
                   for k, tab in tables.items()}
     t_eval = time.perf_counter()
     for c, s in progress(list(product(cfg.corruptions, cfg.severities)), desc="reproduce", unit="cell"):
-        x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost))
+        x = to_tensor(apply(test.images, c, s, rng_for(cfg.seed, "test", c, s), frost)).to(cfg.device)
         found = {}
         correct = run_arms(arms, x, y, c, cfg, found)
         for arm, ok in correct.items():
@@ -169,7 +174,7 @@ def reproduce(cfg: ReproduceConfig, root=None, log=print) -> dict:
             for arm, value in ok.items():
                 sweep[k][arm].append(value.float().mean().item())
         log(f"{c:>18} s{s}: " + "  ".join(f"{a} {acc[a][(c, s)]:.3f}" for a in ARMS) + f"  detector {det_acc[(c, s)]:.3f}")
-    clean_x = to_tensor(test.images)
+    clean_x = to_tensor(test.images).to(cfg.device)
     found = {}
     clean_ok = run_arms(arms, clean_x, y, CLEAN, cfg, found)
     clean = {a: ok.float().mean().item() for a, ok in clean_ok.items()}
@@ -234,5 +239,5 @@ def _summarise(cfg, acc, det_acc, clean, clean_detected, domains, confusion, swe
                 "table_images": cfg.fit.table_images, "sweep_images": cfg.sweep_images},
         "clean_bias": timings.pop("clean_bias_evidence", None),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "device": cfg.device,
     }

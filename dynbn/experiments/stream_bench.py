@@ -18,6 +18,10 @@ this run over source's, so that costs that come in bursts, like rotta's update e
 count) adapts on one batch in ceil(k) and classifies the batches in
 between with its current state, unchanged (``Method.predict``; an arm that carries no state
 between batches has only the pretrained model, with the checkpoint's statistics).
+
+``BenchConfig.device`` runs the arms elsewhere than the CPU: the model, detector and table move there
+(``make_arms``), each batch moves once before the arms take it, and an arm's time ends when the device
+has finished its work (``dynbn.device.synchronize``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..device import synchronize
 from ..domains import DEFAULT_DOMAINS, components
 from ..methods import REGISTRY, build_method
 from ..methods.dynbn_open import UNKNOWN
@@ -63,6 +68,7 @@ class BenchConfig:
     resamples: int = RESAMPLES    # block-bootstrap resamples for the intervals
     recommended: str = RECOMMENDED  # the arm compared, paired, with every other arm
     realtime: bool = False        # also the real-time protocol (a second table; needs the source arm)
+    device: str = "cpu"           # where the arms run: model, detector, BN table and batches (a resolved torch device)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -86,23 +92,29 @@ def _used_domains(method) -> torch.Tensor | None:
     return None
 
 
-def run_combo(arms: dict, stream: Stream, batch_size: int, log=None) -> dict[str, ArmRun]:
-    """Every arm on every batch of the stream, in turns; returns their predictions and timings."""
+def run_combo(arms: dict, stream: Stream, batch_size: int, log=None, device: str = "cpu") -> dict[str, ArmRun]:
+    """Every arm on every batch of the stream, in turns; returns their predictions and timings.
+
+    Each batch moves to ``device`` once, before the arms take it (the copy is no arm's cost); an arm's
+    time ends when the device has finished its work."""
     runs = {name: ArmRun(np.full(len(stream), -1), [], None) for name in arms}
     names = list(arms)
     last_log = time.perf_counter()
     for b, batch in enumerate(stream.batches(batch_size)):
+        x = batch.x.to(device)
+        synchronize(device)
         for j in range(len(names)):
             name = names[(b + j) % len(names)]  # rotate who goes first: no arm always meets a cold cache
             t0 = time.perf_counter()
-            logits = arms[name](batch.x, batch.cameras, batch.truth)
+            logits = arms[name](x, batch.cameras, batch.truth)
+            synchronize(device)
             runs[name].seconds.append(time.perf_counter() - t0)
-            runs[name].preds[batch.rows] = logits.argmax(1).numpy()
+            runs[name].preds[batch.rows] = logits.argmax(1).cpu().numpy()
             used = _used_domains(arms[name])
             if used is not None:
                 if runs[name].active is None:
                     runs[name].active = np.full(len(stream), -1)
-                runs[name].active[batch.rows] = used.numpy()
+                runs[name].active[batch.rows] = used.cpu().numpy()
         if log and time.perf_counter() - last_log > 30:
             log(f"    ... {batch.rows.stop}/{len(stream)} frames")
             last_log = time.perf_counter()
@@ -114,16 +126,18 @@ def adapt_every(k: float) -> int:
     return max(1, math.ceil(round(k, 6)))
 
 
-def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, int]) -> dict[str, np.ndarray]:
+def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, int],
+                 device: str = "cpu") -> dict[str, np.ndarray]:
     """Predictions under the real-time protocol: arm ``a`` adapts (``forward``) on batches 0, every[a],
     2 every[a], ... and classifies the batches in between with ``predict``; returns per-frame predictions.
     (The batches in between see the state the last adapted batch left; strictly, they would arrive while
     that update is still running and see the state before it, one update earlier.)"""
     preds = {name: np.full(len(stream), -1) for name in arms}
     for b, batch in enumerate(stream.batches(batch_size)):
+        x = batch.x.to(device)
         for name, arm in arms.items():
             call = arm if b % every[name] == 0 else arm.predict
-            preds[name][batch.rows] = call(batch.x, batch.cameras, batch.truth).argmax(1).numpy()
+            preds[name][batch.rows] = call(x, batch.cameras, batch.truth).argmax(1).cpu().numpy()
     return preds
 
 
@@ -142,7 +156,7 @@ def realtime_tables(cfg: BenchConfig, arms: dict, streams: dict[int, Stream], of
             slow = {name: arm for name, arm in arms.items() if cadence[name] > 1}
             for arm in slow.values():
                 arm.reset()
-            preds = run_realtime(slow, stream, batch_size, cadence)
+            preds = run_realtime(slow, stream, batch_size, cadence, cfg.device)
             correct = {arm: (preds[arm] == stream.labels if arm in slow else offline[(period, batch_size)][arm])
                        for arm in cfg.arms}
             kept[(period, batch_size)] = correct
@@ -285,7 +299,9 @@ def pooled_times(ratios: dict[tuple[int, str], list[float]]) -> dict[str, dict]:
 
 
 def make_arms(cfg: BenchConfig, model, table, detector) -> dict:
-    """Every arm of the run, on one shared model."""
+    """Every arm of the run, on one shared model; the model and detector move to ``cfg.device`` (in place),
+    the arms read the table there."""
+    model, detector, table = model.to(cfg.device), detector.to(cfg.device), table.to(cfg.device)
     return {name: build_method(name, model, table=table, detector=detector, **cfg.arm_kwargs.get(name, {}))
             for name in cfg.arms}
 
@@ -317,7 +333,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             t0 = time.perf_counter()
             for arm in arms.values():
                 arm.reset()
-            runs = run_combo(arms, stream, batch_size, log)
+            runs = run_combo(arms, stream, batch_size, log, cfg.device)
             if "source" in runs:
                 for arm, run in runs.items():
                     ratios.setdefault((batch_size, arm), []).extend(np.array(run.seconds) / np.array(runs["source"].seconds))
@@ -355,6 +371,6 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "rows": rows, "curves": curves, "resamples": cfg.resamples, "recommended": cfg.recommended,
             "comparisons": comparisons(kept, blocks, cfg), "relative_time_pooled": pooled_times(ratios),
             **({"realtime": realtime} if realtime is not None else {}),
-            "torch_threads": torch.get_num_threads(), "machine": machine(),
+            "torch_threads": torch.get_num_threads(), "device": cfg.device, "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
 

@@ -176,10 +176,41 @@ def open_set_acceptance(r: dict, arm: str = "dynbn_open") -> list[tuple[str, boo
     return checks
 
 
+PEERS = ("source",) + BASELINES   # the arms the recommended one must beat, paired
+
+
+def peer_acceptance(r: dict) -> list[tuple[str, bool, str]]:
+    """The honest-benchmark checks on the paired comparisons (mean over the periods) of the recommended arm
+    against every peer, per B. Correlated label orders (``dirichlet``, ``video``) and B = 1: the whole 95 %
+    interval above 0 for every peer. iid at B > 1, where batch statistics are at their best: no peer ahead
+    beyond its interval (no interval entirely below 0). Reports without comparisons: none."""
+    if "comparisons" not in r:
+        return []
+    rec, iid = r["recommended"], r.get("labels", "iid") == "iid"
+    checks = []
+    for b in r["batch_sizes"]:
+        rows = [c for c in r["comparisons"] if c["batch_size"] == b and c["arm"] in PEERS]
+        if not rows:
+            continue
+        strict = not iid or b == 1
+        bad = [c for c in rows if (c["ci95"][0] <= 0 if strict else c["ci95"][1] < 0)]
+        worst = min(rows, key=lambda c: c["ci95"][0])
+        detail = (", ".join(f"{c['arm']} {100 * c['diff']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
+                            for c in bad) if bad else
+                  f"closest: {worst['arm']} {100 * worst['diff']:+.1f} "
+                  f"[{100 * worst['ci95'][0]:+.1f}, {100 * worst['ci95'][1]:+.1f}]")
+        what = (f"B = {b}: {rec} beats every peer, paired 95 % interval above 0 (mean over N)" if strict else
+                f"B = {b}: no peer ahead of {rec} beyond the paired 95 % interval (mean over N)")
+        checks.append((what, not bad, detail))
+    return checks
+
+
 def _checks(r: dict, vote_arm: str, open_arm: str) -> list[str]:
-    """The markdown lines of both issues' checks, for ``vote_arm`` and ``open_arm``."""
+    """The markdown lines of the issues' checks, for ``vote_arm`` and ``open_arm``."""
     seen = r.get("streams", "seen") == "seen"
     checks = (acceptance(r, vote_arm) if seen else []) + open_set_acceptance(r, open_arm)
+    if seen and vote_arm == r.get("recommended"):
+        checks += peer_acceptance(r)
     return [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
 
 

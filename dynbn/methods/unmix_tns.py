@@ -48,7 +48,7 @@ def init_components(mean: torch.Tensor, var: torch.Tensor, k: int, alpha: float,
     """K components (K x C means, K x C variances) spread around one layer's source statistics."""
     if k == 1:
         return mean[None].clone(), var[None].clone()
-    noise = torch.randn((k, len(mean)), generator=gen, dtype=mean.dtype)
+    noise = torch.randn((k, len(mean)), generator=gen, dtype=mean.dtype).to(mean.device)  # same draws on any device
     means = mean[None] + math.sqrt(alpha * k / (k - 1)) * var.sqrt()[None] * noise
     return means, ((1 - alpha) * var)[None].repeat(k, 1)
 

@@ -1,0 +1,162 @@
+"""The device: one parser of ``--device`` (``dynbn.device``) behind every command and worker, the options of the
+commands that take it, and bench/gpu.py's CPU smoke run; with CUDA, every arm on the GPU as on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynbn.bn.table import BNTable, current_stats, fingerprint
+from dynbn.cli import build_parser, main
+from dynbn.detector import Detector
+from dynbn.device import device_help, resolve_device
+from dynbn.domains import CLEAN, DEFAULT_DOMAINS
+from dynbn.models import architecture
+from dynbn.open_set import fit_open_set
+from dynbn.sampling import SEVERITIES
+from dynbn.severity import severity_domains, severity_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """torch sees no CUDA device, whatever the machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_resolve_device_parses_every_form(monkeypatch):
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(s) for s in ("auto", "cuda", "cuda:0", "cuda:1")] == ["cuda", "cuda", "cuda:0", "cuda:1"]
+    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
+    for bad in ("gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "", "mps"):
+        with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+
+
+def test_cuda_without_cuda_is_an_error_naming_the_option(no_cuda):
+    assert resolve_device("auto") == "cpu"
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match=f"--device {spec}: torch sees no CUDA device here"):
+            resolve_device(spec)
+
+
+def test_the_service_uses_the_library_parser(monkeypatch):
+    """One implementation: the workers' ``resolve_device`` is the library's, and STREAMER_DEVICE reaches it."""
+    import streamer.lifecycle
+    from streamer.settings import StreamerSettings
+
+    assert streamer.lifecycle.resolve_device is resolve_device
+    assert StreamerSettings().device == "auto"
+    monkeypatch.setenv("STREAMER_DEVICE", "cuda:1")
+    assert StreamerSettings().device == "cuda:1"
+
+
+def _sub(parser, *names):
+    for name in names:
+        parser = next(a for a in parser._actions if a.dest in ("command", "action")).choices[name]
+    return parser
+
+
+def test_commands_take_device_with_one_help_text():
+    parser = build_parser()
+    for command, default in ((["reproduce"], "cpu"), (["stream-bench"], "cpu"), (["scenario", "run"], "auto"),
+                             (["serve"], None)):
+        option = next(a for a in _sub(parser, *command)._actions if a.dest == "device")
+        assert option.default == default, command
+        assert option.help == device_help(default or "auto"), command
+    assert device_help("auto") == "auto (default), cpu, cuda or cuda:N"
+    assert device_help("cpu") == "cpu (default), auto, cuda or cuda:N"
+    assert parser.parse_args(["reproduce", "--device", "cpu", "--out", "o"]).device == "cpu"
+    assert parser.parse_args(["stream-bench", "--device", "cpu", "--out", "o"]).device == "cpu"
+    assert parser.parse_args(["scenario", "run", "--device", "cpu", "--out", "o"]).device == "cpu"
+
+
+@pytest.mark.parametrize("command", [["reproduce"], ["stream-bench"], ["scenario", "run"]])
+def test_cli_refuses_cuda_without_cuda_before_any_work(command, no_cuda, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main([*command, "--device", "cuda", "--out", str(out)]) == 2
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_table_moves_to_a_device_as_a_new_table():
+    model = architecture("resnet20")
+    table = BNTable(fingerprint(model), {"clean": current_stats(model)}, {"k": "v"})
+    moved = table.to("cpu")
+    assert moved is not table and moved.meta == table.meta and moved.layers == table.layers
+    assert all(moved.stats["clean"][k] is v for k, v in table.stats["clean"].items())  # already there: shared
+
+
+def test_gpu_bench_quick_smoke_run_on_the_cpu(tmp_path, data_dir):
+    """bench/gpu.py --quick --device cpu: every section runs and the JSON holds what a GPU run will (~15 s)."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DYNBN_DATA": str(data_dir)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench/gpu.py"), "--quick", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["device"] == "cpu" and r["torch"] == torch.__version__ and "cuda" in r
+    assert {(row["batch_size"], row["precision"]) for row in r["inprocess"]} == {(8, "fp32"), (8, "bf16"),
+                                                                                 (16, "fp32"), (16, "bf16")}
+    assert all(row["model"] == "resnet20" and row["source_fps"] > 0 and row["dynbn_vote_fps"] > 0 for row in r["inprocess"])
+    assert len(r["stages"]) == 4 and all(s["forward_ms"] > 0 and s["detector_ms"] > 0 for s in r["stages"])
+    [run] = r["e2e"]
+    assert run["workers"] == 1 and run["e2e_fps"] > 0 and run["worker_devices"] == ["cpu"]
+    assert run["exactly_once"] and run["results"] == run["frames"] and run["duplicated"] == run["missing"] == 0
+    assert r["skipped"] == [] and r["errors"] == []
+
+
+# -- with CUDA: what the GPU session checks besides bench/gpu.py --------------------------------------------
+
+def _stand_in(model) -> tuple[BNTable, Detector]:
+    """A table with an entry per domain and per (corruption, severity), and an untrained detector with a severity
+    head and open-set statistics: what every arm reads, without fitting."""
+    corrupted = [d for d in DEFAULT_DOMAINS if d != CLEAN]
+    names = list(DEFAULT_DOMAINS) + [severity_name(c, s) for c in corrupted for s in SEVERITIES]
+    stats = current_stats(model)
+    table = BNTable(fingerprint(model), {n: {k: v * (1 + 0.01 * i) if "var" in k else v.clone() for k, v in stats.items()}
+                                         for i, n in enumerate(names)})
+    torch.manual_seed(0)
+    detector = Detector(list(DEFAULT_DOMAINS))
+    detector.attach_severity(Detector(severity_domains(corrupted), hidden=(64, 32)), SEVERITIES)
+    g = torch.Generator().manual_seed(0)
+    fit_open_set(detector, torch.rand(48, 3, 32, 32, generator=g), torch.arange(16).repeat(3),
+                 torch.rand(16, 3, 32, 32, generator=g))
+    return table, detector.eval()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_arm_runs_on_cuda_as_on_the_cpu():
+    """stream-bench's arms (``make_arms`` moves the model, detector and table) on two batches: no tensor left on
+    the wrong device, finite logits, and mostly the CPU's classes (cuDNN's arithmetic differs a little)."""
+    from dynbn.experiments.stream_bench import BenchConfig, make_arms
+
+    torch.manual_seed(0)
+    model = architecture("resnet20").eval()
+    table, detector = _stand_in(model)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.rand(16, 3, 32, 32, generator=g) for _ in range(2)]
+    cams, truth = [f"cam{i % 3}" for i in range(16)], ["fog"] * 16
+    classes = {}
+    for device in ("cpu", "cuda"):
+        cfg = BenchConfig(device=device)
+        arms = make_arms(cfg, copy.deepcopy(model), table, copy.deepcopy(detector))
+        for name, arm in arms.items():
+            logits = [arm(x.to(device), cams, truth) for x in batches]
+            assert all(t.device.type == device and bool(torch.isfinite(t).all()) for t in logits), name
+            classes[device, name] = torch.cat([t.argmax(1).cpu() for t in logits])
+    for name in arms:
+        same = (classes["cpu", name] == classes["cuda", name]).float().mean().item()
+        assert same >= 0.75, (name, same)
