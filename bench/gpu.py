@@ -56,17 +56,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project; tests/redis_server.py (as stream_throughput.py)
 from redis_server import RedisServer  # noqa: E402
+from stand_in import stand_in  # noqa: E402
 from stream_throughput import join, send, start_workers, steady_fps, worker_env  # noqa: E402
 
 from dynbn import data  # noqa: E402
-from dynbn.bn.table import BNTable, current_stats, fingerprint  # noqa: E402
-from dynbn.detector import Detector  # noqa: E402
 from dynbn.device import device_help, resolve_device, synchronize  # noqa: E402
-from dynbn.domains import CLEAN, DEFAULT_DOMAINS  # noqa: E402
+from dynbn.domains import DEFAULT_DOMAINS  # noqa: E402
 from dynbn.methods import build_method  # noqa: E402
 from dynbn.models import architecture, build_model, checkpoint_path  # noqa: E402
-from dynbn.sampling import SEVERITIES  # noqa: E402
-from dynbn.severity import severity_domains, severity_name  # noqa: E402
 from streamer.artifacts import artifacts_dir, cache_key, fit_config  # noqa: E402
 from streamer.completion import wait_complete  # noqa: E402
 from streamer.connection import connect  # noqa: E402
@@ -107,22 +104,6 @@ def resnet20(stand_in_dir: Path) -> tuple[torch.nn.Module, str, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": architecture("resnet20").net.state_dict()}, path)
         return build_model("resnet20", stand_in_dir), "random", stand_in_dir
-
-
-def stand_in(model: torch.nn.Module, domains: list[str], size: int) -> tuple[BNTable, Detector]:
-    """A BN table and a detector shaped as a fitted bundle's, without fitting (as tests/test_stream_bench.py's
-    fake artifacts, plus the severity head): an entry per domain and per (corruption, severity), each the
-    model's own statistics with the variances scaled a little; an untrained detector over ``domains`` for
-    ``size`` px frames, with an untrained severity head."""
-    corrupted = [d for d in domains if d != CLEAN]
-    names = list(domains) + [severity_name(c, s) for c in corrupted for s in SEVERITIES]
-    stats = current_stats(model)
-    table = BNTable(fingerprint(model), {name: {k: v * (1 + 0.01 * i) if "var" in k else v.clone() for k, v in stats.items()}
-                                         for i, name in enumerate(names)})
-    torch.manual_seed(0)
-    detector = Detector(list(domains), size, size)
-    detector.attach_severity(Detector(severity_domains(corrupted), size, size, hidden=(64, 32)), SEVERITIES)
-    return table, detector.eval()
 
 
 # -- in process -------------------------------------------------------------------------------------------

@@ -17,11 +17,9 @@ from dynbn.bn.table import BNTable, current_stats, fingerprint
 from dynbn.cli import build_parser, main
 from dynbn.detector import Detector
 from dynbn.device import device_help, resolve_device
-from dynbn.domains import CLEAN, DEFAULT_DOMAINS
 from dynbn.models import architecture
 from dynbn.open_set import fit_open_set
-from dynbn.sampling import SEVERITIES
-from dynbn.severity import severity_domains, severity_name
+from stand_in import stand_in
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,16 +119,9 @@ def test_gpu_bench_quick_smoke_run_on_the_cpu(tmp_path, data_dir):
 # -- with CUDA: what the GPU session checks besides bench/gpu.py --------------------------------------------
 
 def _stand_in(model) -> tuple[BNTable, Detector]:
-    """A table with an entry per domain and per (corruption, severity), and an untrained detector with a severity
-    head and open-set statistics: what every arm reads, without fitting."""
-    corrupted = [d for d in DEFAULT_DOMAINS if d != CLEAN]
-    names = list(DEFAULT_DOMAINS) + [severity_name(c, s) for c in corrupted for s in SEVERITIES]
-    stats = current_stats(model)
-    table = BNTable(fingerprint(model), {n: {k: v * (1 + 0.01 * i) if "var" in k else v.clone() for k, v in stats.items()}
-                                         for i, n in enumerate(names)})
-    torch.manual_seed(0)
-    detector = Detector(list(DEFAULT_DOMAINS))
-    detector.attach_severity(Detector(severity_domains(corrupted), hidden=(64, 32)), SEVERITIES)
+    """The stand-in table and detector (tests/stand_in.py), the detector with open-set statistics."""
+    table, detector = stand_in(model)
+    detector.train()  # the open-set statistics of a detector as it leaves training (dropout on)
     g = torch.Generator().manual_seed(0)
     fit_open_set(detector, torch.rand(48, 3, 32, 32, generator=g), torch.arange(16).repeat(3),
                  torch.rand(16, 3, 32, 32, generator=g))
