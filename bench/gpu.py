@@ -10,15 +10,15 @@ Sections, in this order; the JSON is rewritten after each, so a run cut short ke
    frames already on the device, for ResNet-20 (32 px: ``build_model("resnet20")``, the shipped checkpoint
    when the data directory has it, else the same network with random weights, which cost the same) and
    torchvision ResNet-50 (224 px, random weights: ``build_model("tv:resnet50", input_size=224)``), at
-   batch 64, 256 and 1024, in fp32 and in bf16 (``torch.autocast``). ``dynbn_vote`` reads a stand-in BN
+   batch 64, 256 and 1024, in fp32 and in bf16 (``dynbn.device.autocast``, as ``--precision bf16``). ``dynbn_vote`` reads a stand-in BN
    table (the model's own statistics, variances scaled a little per entry: one entry per domain and per
    (corruption, severity)) and an untrained detector with a severity head: the shapes and the code path
    of a bundle ``dynbn fit`` writes, whose fitted values would not change the cost. 16 cameras, their
    frames interleaved. bf16 rows also give the share of frames whose class is the fp32 class.
 2. ``stages``: dynbn_vote's time per batch, split as ``DynBNVote.forward`` runs it, with the device
-   synchronised between the steps: the host->device copy of the float frames (pageable memory, as the
-   worker has them), spectrum + detector, the vote (on the host), the model's forward with per-frame
-   statistics. Medians over a few batches.
+   synchronised between the steps: the worker's ``FrameLoader`` (the uint8 frames into its pinned buffer,
+   one copy to the device, the conversion to float there), spectrum + detector, the vote (on the host), the
+   model's forward with per-frame statistics. Medians over a few batches.
 3. ``e2e``: 1, 2 and 4 scenario workers (``python -m streamer.worker`` with ``STREAMER_DEVICE``, the
    service itself) on a private redis-server (no persistence), fed by publisher processes once the
    workers have joined; ResNet-20 with the stand-in table and detector. ``e2e_fps``: frames/s while every
@@ -35,7 +35,6 @@ or cuda:N.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing
@@ -60,7 +59,7 @@ from stand_in import stand_in  # noqa: E402
 from stream_throughput import join, send, start_workers, steady_fps, worker_env  # noqa: E402
 
 from dynbn import data  # noqa: E402
-from dynbn.device import device_help, resolve_device, synchronize  # noqa: E402
+from dynbn.device import FrameLoader, autocast, device_help, resolve_device, synchronize  # noqa: E402
 from dynbn.domains import DEFAULT_DOMAINS  # noqa: E402
 from dynbn.methods import build_method  # noqa: E402
 from dynbn.models import architecture, build_model, checkpoint_path  # noqa: E402
@@ -108,13 +107,6 @@ def resnet20(stand_in_dir: Path) -> tuple[torch.nn.Module, str, Path]:
 
 # -- in process -------------------------------------------------------------------------------------------
 
-def autocast(device: str, precision: str):
-    """bf16: ``torch.autocast`` on the device; fp32: nothing."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def arm_fps(arm, x: torch.Tensor, cams: list[str], device: str, precision: str, min_s: float) -> float:
     """Frames/s of ``arm`` on batch ``x`` (on the device), over at least ``min_s`` seconds after a warm-up."""
@@ -145,13 +137,15 @@ def agreement(arm, x: torch.Tensor, cams: list[str], device: str) -> float:
 
 
 @torch.no_grad()
-def stage_times(arm, x_host: torch.Tensor, cams: list[str], device: str, precision: str, reps: int) -> dict:
-    """Median ms per batch of each step of ``DynBNVote.forward``, the device synchronised between steps."""
+def stage_times(arm, frames: list[np.ndarray], cams: list[str], device: str, precision: str, reps: int) -> dict:
+    """Median ms per batch of each step of the worker's batch (``FrameLoader.load``, then ``DynBNVote.forward``),
+    the device synchronised between steps."""
+    loader = FrameLoader(frames[0].shape, device, len(frames))
     times: dict[str, list[float]] = {"copy_ms": [], "detector_ms": [], "vote_ms": [], "forward_ms": []}
     with autocast(device, precision):
         for rep in range(reps + 1):  # the first pass warms up
             t0 = time.perf_counter()
-            x = x_host.to(device)
+            x = loader.load(frames)
             synchronize(device)
             t1 = time.perf_counter()
             logits, _, logp = arm.detector.read(x, severity=arm.severity)  # the spectrum, the MLP, the severity head
@@ -168,7 +162,7 @@ def stage_times(arm, x_host: torch.Tensor, cams: list[str], device: str, precisi
                     times[key].append(1e3 * seconds)
     out = {key: statistics.median(v) for key, v in times.items()}
     out["total_ms"] = sum(out.values())
-    out["copy_bytes"] = x_host.numel() * x_host.element_size()
+    out["copy_bytes"] = sum(f.nbytes for f in frames)
     return out
 
 
@@ -181,11 +175,11 @@ def inprocess(out: dict, spec: str, model, size: int, domains: list[str], device
             "dynbn_vote": build_method("dynbn_vote", model, table=table.to(device), detector=detector.to(device))}
     say(f"{spec} ({size} px) on {device}: dynbn_vote with {len(table.domains)} table entries, severity head "
         f"{arms['dynbn_vote'].severity}")
-    gen = torch.Generator().manual_seed(0)
+    gen = np.random.default_rng(0)
     for batch in batches:
         cams = [f"cam{i % CAMERAS:02d}" for i in range(batch)]
-        x_host = torch.rand(batch, 3, size, size, generator=gen)
-        x = x_host.to(device)
+        frames = list(gen.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))  # as the worker decodes them
+        x = FrameLoader((size, size, 3), device, batch).load(frames)
         for precision in precisions:
             where = {"model": spec, "batch_size": batch, "precision": precision}
             if budget.left() <= 0:
@@ -202,7 +196,7 @@ def inprocess(out: dict, spec: str, model, size: int, domains: list[str], device
                 out["inprocess"].append(row)
                 say(f"  B={batch:<5} {precision}: source {row['source_fps']:9.0f} fps, dynbn_vote "
                     f"{row['dynbn_vote_fps']:9.0f} fps ({row['dynbn_vote_vs_source']:.2f} of source)")
-                stages = dict(where, **stage_times(arms["dynbn_vote"], x_host, cams, device, precision, stage_reps))
+                stages = dict(where, **stage_times(arms["dynbn_vote"], frames, cams, device, precision, stage_reps))
                 out["stages"].append(stages)
                 say("             stages (ms per batch): " + ", ".join(
                     f"{k[:-3]} {stages[k]:.2f}" for k in ("copy_ms", "detector_ms", "vote_ms", "forward_ms")))

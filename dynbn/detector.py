@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .device import full_precision
 from .domains import CLEAN
 from .progress import progress
 from .spectrum import EPS, feature_dim, spectrum
@@ -90,7 +91,8 @@ class Detector(nn.Module):
         return (self.spectra(x) - self.feat_mean) / self.feat_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.features(x)) + self.logit_bias
+        with full_precision(x):  # under --precision bf16/fp16 the detector stays float32
+            return self.mlp(self.features(x)) + self.logit_bias
 
     # -- severity head ---------------------------------------------------------------------------
 
@@ -108,7 +110,8 @@ class Detector(nn.Module):
         # without severities) points at column 0 for every s: its log-probabilities are then uniform, unused
         cols = [[head.domains.index(f"{d}@{s}") if f"{d}@{s}" in head.domains else 0 for s in self.severities]
                 for d in self.domains]
-        self._severity_cols = torch.tensor(cols, dtype=torch.long)            # D x S
+        # D x S; a buffer (not saved) so that it moves with the detector: index_select takes it on the same device
+        self.register_buffer("_severity_cols", torch.tensor(cols, dtype=torch.long), persistent=False)
         self.has_levels = torch.tensor([d != CLEAN for d in self.domains])  # domains whose severity is read
 
     @property
@@ -121,12 +124,38 @@ class Detector(nn.Module):
         if self.severity is None:
             raise ValueError("this detector has no severity head")
         head = self.severity
-        logits = head.mlp((flat - head.feat_mean) / head.feat_std)
-        return logits[:, self._severity_cols].log_softmax(dim=2)
+        h = head._hidden((flat - head.feat_mean) / head.feat_std)
+        weight, bias = head._transposed()[2]
+        logits = torch.addmm(bias, h, weight)
+        cols = self._severity_cols
+        return logits.index_select(1, cols.flatten()).view(len(logits), *cols.shape).log_softmax(dim=2)
+
+    def _hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """The MLP's last hidden layer from standardised spectra ``z``: ``mlp[:-1]``, outside training as
+        ``addmm`` on the layers' transposed weights (what ``F.linear`` computes, without the modules' and
+        the transposes' per-call overhead, which at batch size 1 cost as much as the multiplications;
+        dropout is off outside training)."""
+        if self.training:
+            return self.mlp[:-1](z)
+        (w1, b1), (w2, b2), _ = self._transposed()
+        return torch.addmm(b2, torch.addmm(b1, z, w1).relu_(), w2).relu_()
+
+    def _transposed(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight.t(), bias) of the MLP's three linear layers. Without gradients, detached views kept from
+        call to call and remade when a weight's storage changes (``to``, loading; in-place updates are seen
+        through the views); with gradients, fresh views each call."""
+        linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        if torch.is_grad_enabled():
+            return [(m.weight.t(), m.bias) for m in linears]
+        key = tuple(m.weight.data_ptr() for m in linears)
+        if getattr(self, "_transposed_key", None) != key:
+            self._transposed_views = [(m.weight.detach().t(), m.bias.detach()) for m in linears]
+            self._transposed_key = key
+        return self._transposed_views
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations ``B x hidden[1]`` (what the open-set score reads)."""
-        return self.mlp[:-1](self.features(x))
+        return self._hidden(self.features(x))
 
     def logits_and_distance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Domain logits and the open-set score per frame, from one pass over the spectrum.
@@ -141,10 +170,16 @@ class Detector(nn.Module):
         return logits, distance
 
     def read(self, x: torch.Tensor, distance: bool = False, severity: bool = False):
-        """(logits, open-set score or None, ``severity_logprobs`` or None) from one spectrum."""
+        """(logits, open-set score or None, ``severity_logprobs`` or None) from one spectrum (in float32,
+        under autocast too)."""
+        with full_precision(x):
+            return self._read(x, distance, severity)
+
+    def _read(self, x: torch.Tensor, distance: bool, severity: bool):
         flat = self.spectra(x)
-        h = self.mlp[:-1]((flat - self.feat_mean) / self.feat_std)
-        logits = self.mlp[-1](h) + self.logit_bias
+        h = self._hidden((flat - self.feat_mean) / self.feat_std)
+        weight, bias = self._transposed()[2]
+        logits = torch.addmm(bias, h, weight) + self.logit_bias
         dist = None
         if distance:
             # (h - m_d)' P_d (h - m_d) = h' P_d h - 2 h' P_d m_d + m_d' P_d m_d, for every domain d at once

@@ -54,6 +54,8 @@ from collections import Counter, deque
 import redis
 import torch
 
+from dynbn.device import FrameLoader, autocast
+
 from . import arms as arms_mod
 from . import scoring
 from .connection import TRANSIENT
@@ -74,8 +76,8 @@ class Worker:
     def __init__(self, transport: Transport, arms: dict, *, batch_size: int = 64, max_wait_ms: int = 50,
                  name: str | None = None, lease_ms: int = 5000, max_deliveries: int = 5,
                  max_payload: int = MAX_PAYLOAD_BYTES, max_batch_bytes: int = DEFAULT_READ_BYTES,
-                 input_shape=(32, 32, 3), device: str = "cpu", class_names: list[str] | None = None,
-                 observer=None) -> None:
+                 input_shape=(32, 32, 3), device: str = "cpu", precision: str = "fp32",
+                 class_names: list[str] | None = None, observer=None) -> None:
         self.t, self.arms = transport, arms
         self.class_names, self.observer = class_names, observer  # observer: a streamer.observe.Observer, or None
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
@@ -83,7 +85,9 @@ class Worker:
         self.lease_ms, self.max_deliveries, self.max_payload = lease_ms, max_deliveries, max_payload
         self.max_batch_bytes = max_batch_bytes
         self.max_entry = max_payload + ENTRY_OVERHEAD  # larger entries arrive as id and size only
-        self.input_shape, self.device = tuple(input_shape), device
+        self.input_shape, self.device, self.precision = tuple(input_shape), device, precision
+        autocast(device, precision)  # ValueError naming an unknown precision now, not at the first batch
+        self.loader = FrameLoader(self.input_shape, device, batch_size)  # reused (pinned on CUDA) frame buffers
         self.tokens: dict[int, str] = {}          # owned partition -> lease token
         self.cameras: dict[int, set[str]] = {}    # owned partition -> cameras seen there
         self.conditions: dict[str, str] = {}      # camera -> the served arm's condition, as last announced
@@ -103,7 +107,8 @@ class Worker:
         h, w, _ = self.input_shape
         x = torch.rand(self.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
         for arm in self.arms.values():
-            arm(x, ["warm-up"] * self.batch_size, ["clean"] * self.batch_size)
+            with autocast(self.device, self.precision):
+                arm(x, ["warm-up"] * self.batch_size, ["clean"] * self.batch_size)
             arm.reset()
 
     def startup(self) -> None:
@@ -313,7 +318,7 @@ class Worker:
         if good:
             t0 = time.perf_counter()
             try:
-                outputs = scoring.predict(self.arms, good, self.device)
+                outputs = scoring.predict(self.arms, good, self.loader, self.precision)
             except scoring.ArmFailed as exc:
                 log.exception("worker %s: %s; dead-lettering the batch's %d frames", self.name, exc, len(good))
                 self.counters["arm_errors"] += 1

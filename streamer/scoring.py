@@ -7,10 +7,9 @@ turns a change of a camera's condition into an event.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from dynbn.spectrum import to_tensor
+from dynbn.device import FrameLoader, autocast
 
 from .transport import Entry
 from .wire import Event, FrameMessage, Malformed, ResultMessage
@@ -43,17 +42,20 @@ def parse(batch: list[Entry], max_deliveries: int, max_payload: int, input_shape
 
 
 @torch.no_grad()
-def predict(arms: dict, good, device: str) -> dict[str, tuple[list[int], list[float], list | None]]:
-    """Every arm on the batch: arm -> (class per frame, its probability, conditions or None); ArmFailed names
-    the arm that raised."""
-    x = to_tensor(np.stack([f for _, _, f in good])).to(device)  # B x 3 x H x W
+def predict(arms: dict, good, loader: FrameLoader, precision: str = "fp32") -> dict[str, tuple[list[int], list[float], list | None]]:
+    """Every arm on the batch, under ``autocast(loader.device, precision)``: arm -> (class per frame, its
+    probability, conditions or None); ArmFailed names the arm that raised. The frames reach the device
+    through ``loader`` (one copy of the batch's uint8 pixels)."""
+    x = loader.load([f for _, _, f in good])  # B x 3 x H x W float on the device
     cams = [m.camera for _, m, _ in good]
     # the true domains, for oracle arms only; a camera's frames carry none
     truth = None if any(m.truth is None for _, m, _ in good) else [m.truth.domain for _, m, _ in good]
     out = {}
     for name, arm in arms.items():
         try:
-            confidence, classes = arm(x, cams, truth).softmax(1).max(1)
+            with autocast(loader.device, precision):
+                logits = arm(x, cams, truth)
+            confidence, classes = logits.float().softmax(1).max(1)
         except Exception as exc:  # one arm's bug must not stop the worker: it dead-letters the batch
             raise ArmFailed(f"arm {name} failed: {type(exc).__name__}: {exc}") from exc
         out[name] = (classes.tolist(), confidence.tolist(), arm.last_conditions())

@@ -12,6 +12,7 @@ share the partitions. Settings: ``ServeSettings`` (``STREAMER_`` environment var
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -48,6 +49,7 @@ class ServeSettings(BaseSettings):
     prefix: str = DEFAULT_PREFIX
     arm: str = "dynbn_vote"
     device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the classifier's precision (autocast)")
     batch: int = Field(64, ge=1, le=4096)
     max_wait_ms: int = Field(20, ge=0, le=60_000)
     partitions: int | None = Field(None, ge=1, le=1024, description="None: the deployment's (8 for a new one)")
@@ -79,11 +81,11 @@ def build_worker(s: ServeSettings, observer: Observer | None = None) -> Worker:
     transport = RedisTransport(r, keys, partitions, retention=s.retention, retention_s=s.retention_s)
     worker = Worker(transport, arms, batch_size=s.batch, max_wait_ms=s.max_wait_ms, name=s.name, lease_ms=s.lease_ms,
                     max_deliveries=s.max_deliveries, max_payload=s.max_payload,
-                    max_batch_bytes=s.max_batch_bytes, device=device,
+                    max_batch_bytes=s.max_batch_bytes, device=device, precision=s.precision,
                     input_shape=input_shape(bundle.model), class_names=bundle.class_names, observer=observer)
     if observer is not None:
         observer.conditions = set(bundle.domains) | {"unknown"}
-        observer.attach(worker, model=bundle.model_spec, bundle=s.bundle, arm=s.arm, device=device,
+        observer.attach(worker, model=bundle.model_spec, bundle=s.bundle, arm=s.arm, device=device, precision=s.precision,
                         partitions=str(partitions), prefix=s.prefix)
     return worker
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,6 +33,7 @@ class StreamerSettings(BaseSettings):
     exit_when_done: bool = False
     threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
     device: str = Field("auto", description="auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the classifier's precision (autocast)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz and the live page; 0: off")
     keep_freed_memory: bool = Field(True, description="raise glibc's malloc thresholds (streamer.allocator): "
                                     "~20 % faster CPU forwards for the peak heap kept")

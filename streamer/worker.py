@@ -57,9 +57,10 @@ def main() -> int:
                                scn.partitions)
     worker = Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=s.name,
                     lease_ms=s.lease_ms, max_deliveries=s.max_deliveries, max_payload=s.max_payload,
-                    max_batch_bytes=s.max_batch_bytes, device=device,
+                    max_batch_bytes=s.max_batch_bytes, device=device, precision=s.precision,
                     input_shape=input_shape(model), class_names=list(CLASSES), observer=observer)
-    observer.attach(worker, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device)
+    observer.attach(worker, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device,
+                    precision=s.precision)
     return run_worker(worker, until_done=s.exit_when_done)
 
 

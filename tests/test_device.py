@@ -1,5 +1,6 @@
 """The device: one parser of ``--device`` (``dynbn.device``) behind every command and worker, the options of the
-commands that take it, and bench/gpu.py's CPU smoke run; with CUDA, every arm on the GPU as on the CPU."""
+commands that take it, the frame loader, ``--precision``, and bench/gpu.py's CPU smoke run; with CUDA, every arm
+on the GPU as on the CPU."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dynbn.bn.table import BNTable, current_stats, fingerprint
 from dynbn.cli import build_parser, main
 from dynbn.detector import Detector
-from dynbn.device import device_help, resolve_device
+from dynbn.device import FrameLoader, autocast, device_help, full_precision, resolve_device
+from dynbn.methods import build_method
 from dynbn.models import architecture
 from dynbn.open_set import fit_open_set
+from dynbn.spectrum import to_tensor
 from stand_in import stand_in
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +99,84 @@ def test_table_moves_to_a_device_as_a_new_table():
     moved = table.to("cpu")
     assert moved is not table and moved.meta == table.meta and moved.layers == table.layers
     assert all(moved.stats["clean"][k] is v for k, v in table.stats["clean"].items())  # already there: shared
+
+
+def test_frame_loader_gives_the_stacked_batch_from_one_reused_buffer():
+    """The worker's way onto the device: bit for bit ``to_tensor(np.stack(frames))``, batched or one by one;
+    the buffer is reused (a batch does not change when the next one is loaded) and grows for a larger batch."""
+    g = np.random.default_rng(0)
+    frames = [g.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(80)]
+    loader = FrameLoader((32, 32, 3), "cpu", capacity=64)
+    assert not loader.pinned and loader.capacity == 64  # on the CPU: a plain buffer
+    buffer = loader._buffers[0].data_ptr()
+    first = loader.load(frames[:50])
+    assert torch.equal(first, to_tensor(np.stack(frames[:50])))
+    second = loader.load(frames[50:])
+    assert loader._buffers[0].data_ptr() == buffer  # reused
+    assert torch.equal(first, to_tensor(np.stack(frames[:50])))  # the earlier batch is its own copy
+    one_by_one = torch.cat([loader.load([f]) for f in frames[50:]])
+    assert torch.equal(second, one_by_one) and torch.equal(second, to_tensor(np.stack(frames[50:])))
+    everything = loader.load(frames)
+    assert loader.capacity == 80 and torch.equal(everything, to_tensor(np.stack(frames)))
+
+
+def test_frame_loader_names_the_frame_it_refuses():
+    loader = FrameLoader((32, 32, 3))
+    good = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"frame 1 is uint8 \(31, 32, 3\); this loader takes uint8 \(32, 32, 3\)"):
+        loader.load([good, np.zeros((31, 32, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"frame 0 is float32 \(32, 32, 3\)"):
+        loader.load([good.astype(np.float32)])
+    with pytest.raises(ValueError, match="frames are H x W x 3"):
+        FrameLoader((32, 32))
+    assert torch.equal(loader.load([good]), torch.zeros(1, 3, 32, 32))  # and it goes on
+
+
+def test_precision_runs_the_classifier_in_bf16_and_keeps_the_detector_and_statistics_float32(resnet20, frames):
+    """Under ``--precision bf16`` the model's activations are bf16, the detector's outputs are exactly the
+    float32 ones (so the vote sees the same evidence) and most classes stay the same."""
+    with pytest.raises(ValueError, match="precision 'fp64': use fp32, bf16, fp16"):
+        autocast("cpu", "fp64")
+    table, detector = stand_in(resnet20)
+    arm = build_method("dynbn_vote", resnet20, table=table, detector=detector)
+    x, cams = frames[:64], [f"cam{i % 4}" for i in range(64)]
+    reference = detector.read(x, severity=True)
+    with torch.no_grad(), autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        with full_precision(x):
+            assert not torch.is_autocast_enabled("cpu")
+        read = detector.read(x, severity=True)
+        low = arm(x, cams)
+    assert all(torch.equal(a, b) for a, b in zip(read[::2], reference[::2]))
+    arm.reset()
+    with torch.no_grad():
+        full = arm(x, cams)
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    assert (low.argmax(1) == full.argmax(1)).float().mean() >= 0.9
+
+
+def test_commands_take_precision():
+    parser = build_parser()
+    for command in (["stream-bench"], ["serve"]):
+        option = next(a for a in _sub(parser, *command)._actions if a.dest == "precision")
+        assert option.choices == ("fp32", "bf16", "fp16"), command
+    assert parser.parse_args(["stream-bench", "--precision", "bf16", "--out", "o"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["stream-bench", "--precision", "fp64", "--out", "o"])
+
+
+def test_the_workers_take_precision_from_the_environment(monkeypatch):
+    from pydantic import ValidationError
+
+    from streamer.serve import ServeSettings
+    from streamer.settings import StreamerSettings
+
+    assert StreamerSettings().precision == "fp32"
+    monkeypatch.setenv("STREAMER_PRECISION", "bf16")
+    assert StreamerSettings().precision == "bf16" and ServeSettings(bundle="b").precision == "bf16"
+    monkeypatch.setenv("STREAMER_PRECISION", "half")
+    with pytest.raises(ValidationError, match="precision"):
+        StreamerSettings()
 
 
 def test_gpu_bench_quick_smoke_run_on_the_cpu(tmp_path, data_dir):

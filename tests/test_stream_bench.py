@@ -443,13 +443,13 @@ def test_cli_arm_option_needs_a_name_a_key_and_a_value(tmp_path):
             main(["stream-bench", "--arm", bad, "--out", str(tmp_path / "o")])
 
 
-def test_stream_bench_help_lists_at_most_twenty_three_options():
+def test_stream_bench_help_lists_at_most_twenty_four_options():
     """Protocol choices only, no experiment knobs (21 since --labels, the label order, joined the protocol; 22
-    since --realtime, the real-time protocol; 23 since --device)."""
+    since --realtime, the real-time protocol; 23 since --device; 24 since --precision)."""
     from dynbn.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices["stream-bench"]
-    assert len(sub._actions) <= 23, [a.option_strings for a in sub._actions]
+    assert len(sub._actions) <= 24, [a.option_strings for a in sub._actions]
 
 
 def test_committed_reports_are_their_json_rendered():

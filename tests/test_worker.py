@@ -158,3 +158,15 @@ def test_events_match_condition_changes_also_across_a_handover(env):
     events = sorted((e["camera"], e["seq"], e["from"], e["to"]) for e in map(Event.from_fields, t.events())
                     for e in [e.public()])
     assert events == changes and len(changes) >= 4  # the schedule shifts every 8 frames
+
+
+def test_a_bf16_worker_accounts_for_every_frame_and_mostly_agrees_with_fp32(env):
+    """``STREAMER_PRECISION=bf16``: every frame one result from every arm, none dead, and the classes of the
+    float32 worker for nearly every frame (the detector and the statistics stay float32)."""
+    scn = tiny()
+    t16, w16 = run(scn, env, precision="bf16")
+    t32, _ = run(scn, env)
+    low, full = preds(t16), preds(t32)
+    assert sorted(low) == sorted(full) and len(low) == 72 and w16.counters["dead"] == 0
+    same = sum(low[k]["dynbn_vote"] == full[k]["dynbn_vote"] for k in full) / len(full)
+    assert same >= 0.9, same

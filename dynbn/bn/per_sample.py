@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import full_precision
 from .table import BNTable, bn_layers
 
 LayerForward = Callable[[torch.Tensor], torch.Tensor]
@@ -51,6 +53,12 @@ def source_stats(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor
             for name, bn in bn_layers(model).items()}
 
 
+def float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 when it is bf16 or fp16 (activations under ``--precision``), else ``x`` itself: moments
+    are differences of close numbers, which a 16-bit type would lose."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def batch_moments(x: torch.Tensor, unbiased: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and variance of ``B x C x H x W`` activations over batch and pixels: (C,), (C,).
 
@@ -58,6 +66,7 @@ def batch_moments(x: torch.Tensor, unbiased: bool = False) -> tuple[torch.Tensor
     costs about half a ResNet-20 forward more than these, and BN inputs have std comparable
     to their mean, so the cancellation is harmless (clamped at 0 all the same).
     """
+    x = float32(x)
     mean = x.mean(dim=(0, 2, 3))
     var = ((x * x).mean(dim=(0, 2, 3)) - mean * mean).clamp_min(0.0)
     if unbiased:
@@ -68,6 +77,7 @@ def batch_moments(x: torch.Tensor, unbiased: bool = False) -> tuple[torch.Tensor
 
 def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and (biased) variance over pixels: ``B x C`` each (same recipe)."""
+    x = float32(x)
     mean = x.mean(dim=(2, 3))
     return mean, ((x * x).mean(dim=(2, 3)) - mean * mean).clamp_min(0.0)
 
@@ -80,8 +90,9 @@ def mixture_moments(weights: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
     domains' means are). Clamped at 0 against cancellation.
     """
     w = weights.to(mean.device, mean.dtype)
-    mixed = w @ mean
-    second = w @ (var + mean**2)
+    with full_precision(w):
+        mixed = w @ mean
+        second = w @ (var + mean**2)
     return mixed, (second - mixed**2).clamp_min(0.0)
 
 
@@ -146,14 +157,26 @@ def normalise_per_sample(x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor
     return apply_rows(x, *affine(bn, mean, var))
 
 
-def rows_forward(scales: torch.Tensor, shifts: torch.Tensor, index: torch.Tensor) -> LayerForward:
-    """BN where sample b uses row ``index[b]`` of per-domain affine maps ``scales``, ``shifts`` (D x C).
+def row_forwards(layers: dict[str, nn.BatchNorm2d], scale: torch.Tensor, shift: torch.Tensor) -> dict[str, LayerForward]:
+    """Every layer's per-sample BN from one ``B x (all channels)`` scale and shift (``flat_bn``'s order).
 
-    The rows come from ``affine(bn, table means, table variances)``, computed once per table;
-    each sample is normalised with its own row only, never with its batch-mates' statistics.
+    Sample b of layer l is ``x[b] * scale[b, l's span] + shift[b, l's span]``, one ``addcmul`` per
+    layer. The spans are cut by one ``split`` per tensor, not by slicing and reshaping per layer:
+    at batch size 1 those views (six per layer) cost more than the layer's own arithmetic.
     """
-    scale, shift = scales[index], shifts[index]  # B x C
-    return lambda h: apply_rows(h, scale, shift)
+    if scale.shape != shift.shape or scale.ndim != 2:
+        raise ValueError(f"per-sample scale {tuple(scale.shape)} and shift {tuple(shift.shape)} must be B x C alike")
+    sizes = [bn.num_features for bn in layers.values()]
+    if scale.shape[1] != sum(sizes):
+        raise ValueError(f"per-sample maps of {scale.shape[1]} channels for layers of {sum(sizes)} channels")
+    scales = scale[:, :, None, None].split(sizes, dim=1)
+    shifts = shift[:, :, None, None].split(sizes, dim=1)
+    return {name: partial(_scale_shift, s, t) for name, s, t in zip(layers, scales, shifts)}
+
+
+def _scale_shift(scale: torch.Tensor, shift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x * scale + shift`` for ``B x C x 1 x 1`` scale and shift (``apply_rows`` without its checks)."""
+    return torch.addcmul(shift, x, scale)
 
 
 def plain_bn_layers(model: nn.Module) -> dict[str, nn.BatchNorm2d]:

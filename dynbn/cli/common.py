@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .. import data
-from ..device import device_help
+from ..device import PRECISIONS, device_help
 from ..experiments.machine import machine
 
 
@@ -25,6 +25,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def add_device(p: argparse.ArgumentParser, default: str) -> None:
     """``--device``, read by ``dynbn.device.resolve_device`` (the same help text in every command)."""
     p.add_argument("--device", default=default, help=device_help(default))
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision``, read by ``dynbn.device.autocast`` (the same help text in every command)."""
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="the classifier's precision: fp32 (default), or bf16/fp16 under autocast (the detector and "
+                        "the BN statistics stay float32)")
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

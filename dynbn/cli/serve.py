@@ -17,7 +17,7 @@ from streamer.web import PortInUse
 
 from .. import data
 from ..bundle import BundleError
-from ..device import device_help
+from ..device import PRECISIONS, device_help
 from ..progress import progress
 from .common import fail
 
@@ -31,7 +31,7 @@ def _url(args) -> str:
 def cmd_serve(args) -> int:
     """Serve a bundle until SIGTERM/SIGINT (SIGTERM while still starting: exit 143)."""
     exit_on_sigterm()  # loading the bundle and waiting for Redis end at once; serving installs its own handler
-    given = {k: getattr(args, k) for k in ("bundle", "redis_url", "prefix", "arm", "device", "batch", "max_wait_ms",
+    given = {k: getattr(args, k) for k in ("bundle", "redis_url", "prefix", "arm", "device", "precision", "batch", "max_wait_ms",
                                            "partitions", "retention", "retention_s", "max_batch_bytes", "name", "threads",
                                            "metrics_port")}
     try:
@@ -134,6 +134,9 @@ def register(sub) -> None:
     _redis(p)
     p.add_argument("--arm", default=None, help="the method to serve (default dynbn_vote)")
     p.add_argument("--device", default=None, help=device_help("auto"))
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="the classifier's precision: fp32 (default), or bf16/fp16 under autocast (the detector and "
+                        "the BN statistics stay float32)")
     p.add_argument("--batch", type=int, default=None, help="frames per batch at most (default 64)")
     p.add_argument("--max-wait-ms", type=int, default=None, help="wait after a batch's first frame (default 20)")
     p.add_argument("--retention", type=int, default=None, help="results/events kept per partition (default 100000)")

@@ -34,7 +34,7 @@ from ..experiments.stream_tune import TuneConfig, tune
 from ..fitting import FitConfig, build, split_train
 from ..methods.registry import REGISTRY, arm_kwargs
 from ..models import build_model
-from .common import add_common, add_device, add_threads, fail, say, set_threads, write_report
+from .common import add_common, add_device, add_precision, add_threads, fail, say, set_threads, write_report
 
 STREAMS = {"seen": None, "held-out": EXTRA, "mixtures": MIXTURES}  # what the streams carry (None: the fit's domains)
 
@@ -111,6 +111,7 @@ def bench_config(args) -> BenchConfig:
               labels=str(parse_order(args.labels)), realtime=args.realtime)
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     cfg.device = resolve_device(args.device)
+    cfg.precision = args.precision
     if args.frames:
         cfg.frames = args.frames
     if STREAMS[args.streams] is not None:
@@ -219,6 +220,7 @@ def register(subparsers) -> None:
                    help="an arm's setting, repeatable: bn_prior.prior=2, dynbn_vote.rule=1,0.3,1,3, dynbn_open.ramp=false")
     p.add_argument("--arms-config", default=None, metavar="FILE.yaml", help="arms' settings {arm: {setting: value}}")
     add_device(p, "cpu")  # the committed reports were made on the CPU
+    add_precision(p)
     p.set_defaults(func=cmd_stream_bench)
 
     p = subparsers.add_parser("tune-vote", help="tune the vote rule and bn_ema's momentum on training streams")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..device import synchronize
+from ..device import autocast, synchronize
 from ..domains import DEFAULT_DOMAINS, components
 from ..methods import REGISTRY, build_method
 from ..methods.dynbn_open import UNKNOWN
@@ -69,6 +69,7 @@ class BenchConfig:
     recommended: str = RECOMMENDED  # the arm compared, paired, with every other arm
     realtime: bool = False        # also the real-time protocol (a second table; needs the source arm)
     device: str = "cpu"           # where the arms run: model, detector, BN table and batches (a resolved torch device)
+    precision: str = "fp32"       # the classifier's precision: fp32, or bf16/fp16 under autocast (dynbn.device.autocast)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -92,11 +93,12 @@ def _used_domains(method) -> torch.Tensor | None:
     return None
 
 
-def run_combo(arms: dict, stream: Stream, batch_size: int, log=None, device: str = "cpu") -> dict[str, ArmRun]:
+def run_combo(arms: dict, stream: Stream, batch_size: int, log=None, device: str = "cpu",
+              precision: str = "fp32") -> dict[str, ArmRun]:
     """Every arm on every batch of the stream, in turns; returns their predictions and timings.
 
     Each batch moves to ``device`` once, before the arms take it (the copy is no arm's cost); an arm's
-    time ends when the device has finished its work."""
+    time ends when the device has finished its work. The arms run under ``autocast(device, precision)``."""
     runs = {name: ArmRun(np.full(len(stream), -1), [], None) for name in arms}
     names = list(arms)
     last_log = time.perf_counter()
@@ -106,7 +108,8 @@ def run_combo(arms: dict, stream: Stream, batch_size: int, log=None, device: str
         for j in range(len(names)):
             name = names[(b + j) % len(names)]  # rotate who goes first: no arm always meets a cold cache
             t0 = time.perf_counter()
-            logits = arms[name](x, batch.cameras, batch.truth)
+            with autocast(device, precision):
+                logits = arms[name](x, batch.cameras, batch.truth)
             synchronize(device)
             runs[name].seconds.append(time.perf_counter() - t0)
             runs[name].preds[batch.rows] = logits.argmax(1).cpu().numpy()
@@ -127,7 +130,7 @@ def adapt_every(k: float) -> int:
 
 
 def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, int],
-                 device: str = "cpu") -> dict[str, np.ndarray]:
+                 device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:
     """Predictions under the real-time protocol: arm ``a`` adapts (``forward``) on batches 0, every[a],
     2 every[a], ... and classifies the batches in between with ``predict``; returns per-frame predictions.
     (The batches in between see the state the last adapted batch left; strictly, they would arrive while
@@ -137,7 +140,8 @@ def run_realtime(arms: dict, stream: Stream, batch_size: int, every: dict[str, i
         x = batch.x.to(device)
         for name, arm in arms.items():
             call = arm if b % every[name] == 0 else arm.predict
-            preds[name][batch.rows] = call(x, batch.cameras, batch.truth).argmax(1).cpu().numpy()
+            with autocast(device, precision):
+                preds[name][batch.rows] = call(x, batch.cameras, batch.truth).argmax(1).cpu().numpy()
     return preds
 
 
@@ -156,7 +160,7 @@ def realtime_tables(cfg: BenchConfig, arms: dict, streams: dict[int, Stream], of
             slow = {name: arm for name, arm in arms.items() if cadence[name] > 1}
             for arm in slow.values():
                 arm.reset()
-            preds = run_realtime(slow, stream, batch_size, cadence, cfg.device)
+            preds = run_realtime(slow, stream, batch_size, cadence, cfg.device, cfg.precision)
             correct = {arm: (preds[arm] == stream.labels if arm in slow else offline[(period, batch_size)][arm])
                        for arm in cfg.arms}
             kept[(period, batch_size)] = correct
@@ -333,7 +337,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             t0 = time.perf_counter()
             for arm in arms.values():
                 arm.reset()
-            runs = run_combo(arms, stream, batch_size, log, cfg.device)
+            runs = run_combo(arms, stream, batch_size, log, cfg.device, cfg.precision)
             if "source" in runs:
                 for arm, run in runs.items():
                     ratios.setdefault((batch_size, arm), []).extend(np.array(run.seconds) / np.array(runs["source"].seconds))
@@ -371,6 +375,7 @@ def run_bench(cfg: BenchConfig, model, table, detector, test, frost_dir, log=pri
             "rows": rows, "curves": curves, "resamples": cfg.resamples, "recommended": cfg.recommended,
             "comparisons": comparisons(kept, blocks, cfg), "relative_time_pooled": pooled_times(ratios),
             **({"realtime": realtime} if realtime is not None else {}),
-            "torch_threads": torch.get_num_threads(), "device": cfg.device, "machine": machine(),
+            "torch_threads": torch.get_num_threads(), "device": cfg.device, "precision": cfg.precision,
+            "machine": machine(),
             "bench_seconds": round(time.perf_counter() - t_start, 1)}
 

@@ -259,7 +259,11 @@ def _intro(r: dict) -> list[str]:
             + _machine(r.get("machine")) + ".",
             "", STREAMS_NOTE[r.get("streams", "seen")], ""]
             # reports made before the label order existed were iid and carry no line for it
-            + ([labels_note(r["labels"]), ""] if "labels" in r else []) + [arms_note(r), ""])
+            + ([labels_note(r["labels"]), ""] if "labels" in r else [])
+            # fp32 reports (every one before --precision existed) carry no line for it
+            + ([f"Precision: `{r['precision']}` (the classifier under autocast; the detector and the BN "
+                "statistics stay float32).", ""] if r.get("precision", "fp32") != "fp32" else [])
+            + [arms_note(r), ""])
 
 
 def labels_note(spec: str) -> str:

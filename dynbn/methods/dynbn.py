@@ -14,9 +14,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..bn.per_sample import DomainSwitch, FlatBN, affine, apply_rows, flat_bn, patched_bn, rows_forward, spans
+from ..bn.per_sample import DomainSwitch, FlatBN, affine, flat_bn, patched_bn, row_forwards, spans
 from ..bn.table import BNTable, bn_layers
 from ..detector import Detector
+from ..device import activation_dtype, full_precision
 from ..vote import DEFAULT_RULE, VoteRule, Votes, clean_index
 from .base import Condition, Method, cameras_or_default
 
@@ -102,13 +103,12 @@ class DynBNVote(Method):
     uses the one entry per corruption even then (the paper's table); ``None`` (default) uses
     severity whenever both parts are there, ``True`` insists on them.
 
-    The per-sample BN here is ``per_sample.rows_forward``: the arithmetic of
-    ``DomainSwitch``, with each domain's ``x * scale + shift`` precomputed from the table
-    and applied in one ``addcmul`` pass, so a mixed batch costs what plain BN costs (the
-    vote's budget is 10 % over ``source`` at B = 64). The maps are computed from the
-    model's BN affine parameters when the method is built; no arm changes those. With
-    severity, each frame's mixed statistics are computed per batch, for all layers at once
-    (three small matrix products, ``_mixed``), then turned into the same per-frame affine maps.
+    The per-sample BN here is ``per_sample.row_forwards``: the arithmetic of ``DomainSwitch``,
+    with each frame's ``x * scale + shift`` computed for all layers at once (B x all channels)
+    and applied in one ``addcmul`` per layer, so a mixed batch costs what plain BN costs. The
+    table entries' maps are computed from the model's BN affine parameters on first use; no arm
+    changes those. With severity, each frame's mixed statistics are computed per batch, for all
+    layers at once (one gather and one batched product, ``_mixed``), then turned into the same maps.
     """
 
     name = "dynbn_vote"
@@ -126,8 +126,6 @@ class DynBNVote(Method):
         table.check(model)
         self.detector = detector.eval()
         self.layers = bn_layers(model)
-        self.maps = {name: affine(bn, *table.stacked(name, list(detector.domains)))  # (scale, shift), D x C each
-                     for name, bn in self.layers.items()}
         self.votes = Votes(rule, len(detector.domains), clean_index(detector.domains))
         self.severity = self._use_severity(table, detector, severity)
         # rows of the statistics a frame may be normalised with: the detector's domains, then (with
@@ -191,7 +189,7 @@ class DynBNVote(Method):
         self.last_confidence = np.full(len(active), np.nan)  # no detector ran
         weights = None
         if self.severity:
-            estimate = torch.from_numpy(self.votes.current_levels(cams, active, len(self.detector.severities)))
+            estimate = self.votes.current_levels(cams, active, len(self.detector.severities))
             weights = self._weights(estimate, active, None)
             # rows a subclass adds after the severity entries (dynbn_open's checkpoint statistics) get no weight
             weights = torch.nn.functional.pad(weights, (0, self.levels.shape[1] - weights.shape[1]))
@@ -226,21 +224,32 @@ class DynBNVote(Method):
         frames and for those marked in ``single`` (B,), which keep one row exactly."""
         if not self.severity:
             return None
-        return self._weights(torch.from_numpy(self.votes.levels(cams, active, logp.double().cpu().numpy())), active,
-                             single)
+        return self._weights(self.votes.levels(cams, active, logp.double().cpu().numpy()), active, single)
 
-    def _weights(self, estimate: torch.Tensor, active: np.ndarray, single: np.ndarray | None) -> torch.Tensor:
+    def _weights(self, estimate: np.ndarray, active: np.ndarray, single: np.ndarray | None) -> torch.Tensor:
         """``level_weights`` from the severity estimate per frame (B x S; a row of zeros: no estimate, the
-        frame keeps its domain's own entry)."""
-        estimate = estimate.float()
-        w = torch.cat([torch.full((len(active), 1), self.corruption_weight), (1 - self.corruption_weight) * estimate], 1)
-        plain = ~self.detector.has_levels[torch.from_numpy(active)] | (estimate.sum(1) == 0)
+        frame keeps its domain's own entry). In numpy: a handful of frames' weights, where torch's per-op
+        overhead would cost more than the arithmetic."""
+        w = np.empty((len(active), 1 + estimate.shape[1]), dtype=np.float32)
+        w[:, 0] = self.corruption_weight
+        w[:, 1:] = (1 - self.corruption_weight) * estimate.astype(np.float32)
+        plain = ~self._has_levels[active] | (estimate.sum(1) == 0)
         if single is not None:
-            plain |= torch.from_numpy(single)
+            plain |= single
         w[plain] = 0.0
         w[plain, 0] = 1.0
-        self.last_levels = w
-        return w
+        self.last_levels = torch.from_numpy(w)
+        return self.last_levels
+
+    @cached_property
+    def _levels(self) -> np.ndarray:
+        """``self.levels`` as numpy (indexed per batch, where torch's indexing costs more than the lookup)."""
+        return self.levels.numpy()
+
+    @cached_property
+    def _has_levels(self) -> np.ndarray:
+        """Per detector domain: whether its severity is read (``detector.has_levels``, as numpy)."""
+        return self.detector.has_levels.cpu().numpy()
 
     def voted_forward(self, x: torch.Tensor, cams: list, active: np.ndarray,
                       weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -248,33 +257,35 @@ class DynBNVote(Method):
         the table rows alone."""
         if weights is None:
             return self.table_forward(x, torch.from_numpy(active))
-        mean, var = self._mixed(self.levels[torch.from_numpy(active)].to(x.device), weights.to(x.device, x.dtype))
-        scale, shift = affine(self._flat_bn, mean, var)  # B x (all channels): every layer's map at once
-        slices = self._spans
+        with full_precision(x):  # statistics in float32, under --precision bf16/fp16 too
+            mean, var = self._mixed(torch.from_numpy(self._levels[active]).to(x.device), weights.to(x.device))
+            scale, shift = affine(self._flat_bn, mean, var)  # B x (all channels): every layer's map at once
+        return self.rows_model(x, scale, shift)
 
-        def make(name, bn):
-            a, b = slices[name]
-            return lambda h: apply_rows(h, scale[:, a:b], shift[:, a:b])
-
-        with patched_bn(self.layers, make):
+    def rows_model(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The model with frame b's BN as ``x * scale[b] + shift[b]`` (B x all layers' channels side by side)."""
+        dtype = activation_dtype(x)  # the maps in the activations' type: BN's output type, as plain BN keeps it
+        forwards = row_forwards(self.layers, scale.to(dtype), shift.to(dtype))
+        with patched_bn(self.layers, lambda name, bn: forwards[name]):
             return self.model(x)
 
     def frame_stats(self, index: torch.Tensor, weights: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-frame (mean, var), B x C, of every layer: the moments of the mixture of rows ``index[b]``
         (B x L) weighted by ``weights[b]`` (B x L)."""
-        mean, var = self._mixed(index, weights)
+        with full_precision(weights):
+            mean, var = self._mixed(index, weights)
         return {name: (mean[:, a:b], var[:, a:b]) for name, (a, b) in self._spans.items()}
 
     def _mixed(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frame_stats`` for all layers' channels side by side (B x sum C), as three small matrix
-        products for the whole model: mean = W M, var = W V + (W M^2 - mean^2), W (B x rows) holding each
-        frame's weights. A frame with all its weight on one row gets that row's statistics exactly (W M^2
-        and mean^2 are then the same number)."""
-        mean_rows, var_rows, square_rows = self._flat_stats
-        w = torch.zeros(len(index), len(mean_rows), dtype=weights.dtype, device=weights.device)
-        w.scatter_add_(1, index, weights)
-        mean = w @ mean_rows
-        return mean, w @ var_rows + (w @ square_rows - mean * mean).clamp_min(0.0)
+        """``frame_stats`` for all layers' channels side by side (B x sum C): mean = sum_l w_l M_l and
+        var = sum_l w_l V_l + (sum_l w_l M_l^2 - mean^2) over each frame's L rows, for the whole model in
+        one gather and one batched product (a frame reads its own L rows only: at batch size 1, a product
+        with every row of the table cost more than the rest of the vote). A frame with all its weight on
+        one row gets that row's statistics exactly (sum w M^2 and mean^2 are then the same number)."""
+        rows = self._flat_stats[index]                                   # B x L x 3C: [M | V | M^2] per row
+        mixed = torch.bmm(weights[:, None, :].to(rows.dtype), rows)[:, 0]  # B x 3C
+        mean, var, square = mixed.chunk(3, dim=1)
+        return mean, var + (square - mean * mean).clamp_min(0.0)
 
     @cached_property
     def _spans(self) -> dict[str, tuple[int, int]]:
@@ -282,11 +293,11 @@ class DynBNVote(Method):
         return spans(self.layers)
 
     @cached_property
-    def _flat_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``self.stats`` (rows x C per layer) side by side: (rows x sum C) means, variances and squared
-        means (built on first use, after every subclass has added its rows)."""
+    def _flat_stats(self) -> torch.Tensor:
+        """``self.stats`` (rows x C per layer) side by side, means, variances and squared means one after the
+        other: rows x 3 sum C (built on first use, after every subclass has added its rows)."""
         mean = torch.cat([self.stats[name][0] for name in self.layers], 1)
-        return mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean
+        return torch.cat([mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean], 1)
 
     @cached_property
     def _flat_bn(self) -> FlatBN:
@@ -295,6 +306,14 @@ class DynBNVote(Method):
 
     def table_forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The model with frame b normalised by table row ``index[b]`` (into ``detector.domains``)."""
-        index = index.to(x.device)
-        with patched_bn(self.layers, lambda name, bn: rows_forward(*self.maps[name], index)):
-            return self.model(x)
+        scales, shifts = self._flat_maps
+        index = index.to(scales.device)
+        return self.rows_model(x, scales[index], shifts[index])
+
+    @cached_property
+    def _flat_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each detector domain's table entry as ``x * scale + shift``, all layers' channels side by side
+        (D x sum C each), from the model's BN affine parameters (which no arm changes)."""
+        mean = torch.cat([self.stats[name][0][:len(self.detector.domains)] for name in self.layers], 1)
+        var = torch.cat([self.stats[name][1][:len(self.detector.domains)] for name in self.layers], 1)
+        return affine(self._flat_bn, mean, var)

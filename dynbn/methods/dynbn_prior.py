@@ -60,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bn.per_sample import normalise_per_sample, patched_bn
+from ..bn.per_sample import float32, normalise_per_sample, patched_bn
 from ..bn.table import BNTable
 from ..detector import Detector
 from ..domains import CLEAN
@@ -87,6 +87,7 @@ def group_moments(h: torch.Tensor, group: torch.Tensor, groups: int, frames: tor
     ``frames``: ``group_frames(group, groups, h.dtype)`` when the caller has it already (it is the
     same in every BN layer of one batch).
     """
+    h = float32(h)
     pixels = h.shape[2] * h.shape[3]
     s1 = h.sum(dim=(2, 3))                      # B x C
     s2 = (h * h).sum(dim=(2, 3))                # (vector_norm measured slower on channels-last activations)
