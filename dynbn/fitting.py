@@ -48,7 +48,13 @@ class FitConfig:
     severity_hidden: tuple[int, int] = (64, 32)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tune_per_severity: int = 40     # held-out frames per domain and severity for tune_clean_bias
-    clean_tolerance: float = 0.0    # clean frames may lose at most this accuracy against the checkpoint
+    # held-out clean images for the clean bias (0: the tuning set's own 5 x tune_per_severity clean frames).
+    # 200 clean frames could not see what the full fit's bias 8.5 cost: on these 2,000, 0.25 points (the
+    # test split later showed 0.23), and 0.10 from a bias of 10.0 up, for 0.2 points of held-out
+    # corrupted accuracy (69.6 -> 69.4 % over all severities)
+    tune_clean_images: int = TUNE_IMAGES
+    clean_tolerance: float = 0.001  # clean frames may lose at most this accuracy against the checkpoint (the
+                                    # 0.1-point budget the product sets for clean frames)
     bias_slack: float = 0.002       # corrupted accuracy given up for a larger (safer) clean bias
     clean_recall: float = 0.97      # share of held-out clean frames that must keep the checkpoint's statistics
     seed: int = 0
@@ -57,7 +63,7 @@ class FitConfig:
     def quick(cls, seed: int = 0) -> "FitConfig":
         """The quick recipe (``--quick`` everywhere): 400 frames per domain and severity for the detector,
         15 epochs; 256 frames per domain for the table. A fit in about a minute on one core."""
-        return cls(detector_images=400, table_images=256, seed=seed,
+        return cls(detector_images=400, table_images=256, tune_clean_images=0, seed=seed,
                    detector=DetectorConfig(epochs=15, batch_size=512, lr=2e-3, seed=seed))
 
 
@@ -66,6 +72,20 @@ def tuning_samples(held_out: Split, cfg: FitConfig, frost_dir, domains=None):
     ``domain_samples`` of ``split_train``'s tuning part (``domains``: the fit's by default)."""
     return domain_samples(held_out, cfg.domains if domains is None else domains, cfg.tune_per_severity, "tune",
                           cfg.seed, frost_dir)
+
+
+def clean_bias_samples(held_out: Split, tuning: tuple, cfg: FitConfig) -> tuple:
+    """What ``tune_clean_bias`` reads: the tuning set's corrupted frames, and as clean frames the first
+    ``cfg.tune_clean_images`` held-out images (fewer when the held-out part is smaller); with 0, the tuning
+    set itself."""
+    if not cfg.tune_clean_images:
+        return tuning
+    frames, domains, labels = tuning
+    clean, n = cfg.domains.index(CLEAN), min(cfg.tune_clean_images, len(held_out))
+    corrupted = domains != clean
+    return (np.concatenate([frames[corrupted], held_out.images[:n]]),
+            np.concatenate([domains[corrupted], np.full(n, clean, dtype=domains.dtype)]),
+            np.concatenate([labels[corrupted], held_out.labels[:n]]))
 
 
 def detector_set(train: Split, cfg: FitConfig, frost_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +160,8 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
                     ) -> tuple[float, dict]:
     """Choose the clean logit bias on held-out training frames; returns (bias, evidence).
 
-    ``tuning``: ``domain_samples`` of the held-out split (frames, domain indices, labels).
+    ``tuning``: held-out frames (frames, domain indices, labels): ``clean_bias_samples``, whose
+    clean frames are 2,000 held-out images in the full fit (200 in the quick one).
 
     Frames the detector cannot tell from clean (JPEG at quality 80, affine jitter, +5 %
     brightness) are harmless under the checkpoint's own statistics but lose accuracy
@@ -148,7 +169,7 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
     statistics unless another domain leads by more than b. Pick the b that maximises
     accuracy on held-out corrupted frames while clean frames lose at most
     ``clean_tolerance`` against the checkpoint and at least ``clean_recall`` of them keep
-    its statistics (accuracy on a few hundred frames is too noisy a guard on its own). Only
+    its statistics (accuracy on the quick fit's 200 clean frames is too noisy a guard on its own). Only
     two tables can win for a frame (clean or its best other domain), so two forwards per
     frame score every b.
     """
@@ -170,7 +191,8 @@ def tune_clean_bias(model: nn.Module, detector: Detector, table: BNTable, tuning
         recall = (margin[is_clean] + b > 0).float().mean().item()
         evidence[f"{b:.2f}"] = {"corrupted": corrupted, "clean": clean_acc, "clean_recall": recall}
     target = ok_clean[is_clean].float().mean().item() - cfg.clean_tolerance
-    allowed = [b for b, e in evidence.items() if e["clean"] >= target and e["clean_recall"] >= cfg.clean_recall]
+    # (accuracies are float32: a loss of exactly the tolerance must not miss it by a rounding)
+    allowed = [b for b, e in evidence.items() if e["clean"] >= target - 1e-6 and e["clean_recall"] >= cfg.clean_recall]
     allowed = allowed or [max(evidence, key=float)]
     top = max(evidence[b]["corrupted"] for b in allowed)
     # the corrupted-accuracy curve is flat near its top: take the largest bias on that plateau,
@@ -206,7 +228,8 @@ def build(model: nn.Module, train: Split, cfg: FitConfig, frost_dir, ks: list[in
     t0 = time.perf_counter()
     tuning = tuning_samples(held_out, cfg, frost_dir)
     if CLEAN in cfg.domains:
-        bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images], tuning, cfg)
+        bias, evidence = tune_clean_bias(model, detector, tables[cfg.table_images],
+                                         clean_bias_samples(held_out, tuning, cfg), cfg)
         detector.logit_bias[cfg.domains.index(CLEAN)] = bias
         timings["clean_bias"] = bias
         timings["clean_bias_evidence"] = evidence

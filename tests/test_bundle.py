@@ -240,6 +240,26 @@ def test_small_sets_hold_out_a_fifth_and_cifar_keeps_its_rows(train_split):
     assert np.bincount(many, minlength=50).min() >= 2 and np.bincount(many).max() <= 3
 
 
+def test_the_clean_bias_reads_every_held_out_clean_image(train_split):
+    """The full fit tunes the clean bias on the tuning set's corrupted frames plus 2,000 held-out clean images
+    (200 could not see a 0.25-point loss); the quick fit keeps the tuning set's own clean frames."""
+    from dynbn.fitting import FitConfig, clean_bias_samples, split_train
+
+    cfg = FitConfig()
+    held = split_train(train_split, 0)[1]
+    g = np.random.default_rng(0)
+    domains = np.repeat(np.arange(len(cfg.domains)), 3)  # 3 tuning frames per domain, clean (0) among them
+    tuning = (g.integers(0, 256, (len(domains), 32, 32, 3), dtype=np.uint8), domains, g.integers(0, 10, len(domains)))
+    frames, got, labels = clean_bias_samples(held, tuning, cfg)
+    corrupted = domains != cfg.domains.index("clean")
+    assert len(frames) == corrupted.sum() + 2000 and (got == cfg.domains.index("clean")).sum() == 2000
+    assert (frames[:corrupted.sum()] == tuning[0][corrupted]).all() and (got[:corrupted.sum()] == domains[corrupted]).all()
+    assert (frames[corrupted.sum():] == held.images).all() and (labels[corrupted.sum():] == held.labels).all()
+    assert clean_bias_samples(held, tuning, FitConfig.quick()) is tuning
+    small = split_train(train_split.subset(300, seed=0), 0)[1]
+    assert len(clean_bias_samples(small, tuning, cfg)[0]) == corrupted.sum() + 60  # all 60 held-out images
+
+
 def test_cli_fit_domains_are_checked_before_any_fitting(tmp_path, capsys, data_dir):
     assert cli.main(["fit", "--domains", "clean,nosuch", "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err

@@ -108,7 +108,7 @@ class DynBNVote(Method):
     and applied in one ``addcmul`` per layer, so a mixed batch costs what plain BN costs. The
     table entries' maps are computed from the model's BN affine parameters on first use; no arm
     changes those. With severity, each frame's mixed statistics are computed per batch, for all
-    layers at once (one gather and one batched product, ``_mixed``), then turned into the same maps.
+    layers at once (three small matrix products, ``_mixed``), then turned into the same maps.
     """
 
     name = "dynbn_vote"
@@ -277,15 +277,15 @@ class DynBNVote(Method):
         return {name: (mean[:, a:b], var[:, a:b]) for name, (a, b) in self._spans.items()}
 
     def _mixed(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frame_stats`` for all layers' channels side by side (B x sum C): mean = sum_l w_l M_l and
-        var = sum_l w_l V_l + (sum_l w_l M_l^2 - mean^2) over each frame's L rows, for the whole model in
-        one gather and one batched product (a frame reads its own L rows only: at batch size 1, a product
-        with every row of the table cost more than the rest of the vote). A frame with all its weight on
-        one row gets that row's statistics exactly (sum w M^2 and mean^2 are then the same number)."""
-        rows = self._flat_stats[index]                                   # B x L x 3C: [M | V | M^2] per row
-        mixed = torch.bmm(weights[:, None, :].to(rows.dtype), rows)[:, 0]  # B x 3C
-        mean, var, square = mixed.chunk(3, dim=1)
-        return mean, var + (square - mean * mean).clamp_min(0.0)
+        """``frame_stats`` for all layers' channels side by side (B x sum C), as three small matrix
+        products for the whole model: mean = W M, var = W V + (W M^2 - mean^2), W (B x rows) holding each
+        frame's weights. A frame with all its weight on one row gets that row's statistics exactly (W M^2
+        and mean^2 are then the same number)."""
+        mean_rows, var_rows, square_rows = self._flat_stats
+        w = torch.zeros(len(index), len(mean_rows), dtype=weights.dtype, device=weights.device)
+        w.scatter_add_(1, index, weights)
+        mean = w @ mean_rows
+        return mean, w @ var_rows + (w @ square_rows - mean * mean).clamp_min(0.0)
 
     @cached_property
     def _spans(self) -> dict[str, tuple[int, int]]:
@@ -293,11 +293,11 @@ class DynBNVote(Method):
         return spans(self.layers)
 
     @cached_property
-    def _flat_stats(self) -> torch.Tensor:
-        """``self.stats`` (rows x C per layer) side by side, means, variances and squared means one after the
-        other: rows x 3 sum C (built on first use, after every subclass has added its rows)."""
+    def _flat_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``self.stats`` (rows x C per layer) side by side: (rows x sum C) means, variances and squared
+        means (built on first use, after every subclass has added its rows)."""
         mean = torch.cat([self.stats[name][0] for name in self.layers], 1)
-        return torch.cat([mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean], 1)
+        return mean, torch.cat([self.stats[name][1] for name in self.layers], 1), mean * mean
 
     @cached_property
     def _flat_bn(self) -> FlatBN:
