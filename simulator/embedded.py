@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dynbn.data import CLASSES, frost_dir
+from dynbn.device import autocast
 from streamer.allocator import keep_freed_memory
 from streamer.arms import build_arms, input_shape
 from streamer.artifacts import load_or_fit
@@ -43,20 +44,25 @@ def make_transport(scn: Scenario, redis_url: str | None, prefix: str | None = No
 
 def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None, artifacts=None, data_dir=None,
                  workers: int = 1, prefix: str | None = None, log=print, timeout_s: float = 3600,
-                 max_backlog: int | None = None, serve_page: int = 0, device: str = "auto") -> dict:
+                 max_backlog: int | None = None, serve_page: int = 0, device: str = "auto",
+                 precision: str = "fp32") -> dict:
     """Fit (or load) artifacts, publish, consume, report; returns the report dict. ``max_backlog``: frames not
     yet acknowledged before the simulator waits (default: four batches per worker). ``serve_page``: a port for
     the live page, /metrics and the health endpoints while the run lasts (0: none). ``device``: where the
-    workers' arms run (``dynbn.device.resolve_device``: auto, cpu, cuda or cuda:N)."""
-    device = resolve_device(device)  # first: a bad device fails before the fit
+    workers' arms run (``dynbn.device.resolve_device``: auto, cpu, cuda or cuda:N); ``precision``: fp32, bf16 or
+    fp16 (``dynbn.device.autocast``)."""
+    device = resolve_device(device)  # first: a bad device or precision fails before the fit
+    autocast(device, precision)
     keep_freed_memory()  # the workers' forwards share this process's heap with the simulator and the transport
     model, detector, table_ = load_or_fit(scn, artifacts, data_dir, log=log)
     transport = make_transport(scn, redis_url, prefix)
     observer = Observer(scn.domains())
     server = serve_http(observer, serve_page) if serve_page else None
-    pool = [_worker(transport, scn, model, table_, detector, device, f"embedded-{i}", observer) for i in range(workers)]
+    pool = [_worker(transport, scn, model, table_, detector, device, precision, f"embedded-{i}", observer)
+            for i in range(workers)]
     for w in pool:
-        observer.attach(w, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device)
+        observer.attach(w, model=scn.model, scenario=scn.name, arms=",".join(scn.arms), device=device,
+                        precision=precision)
     source = make_source(scn, data_dir, artifacts, model)
     # a few batches in flight per worker keep workers busy without queueing the whole run
     # (latency then measures processing, not how far ahead the simulator ran)
@@ -88,16 +94,18 @@ def run_scenario(scn: Scenario, out: str | Path, *, redis_url: str | None = None
     rep = summarize(results, transport.dead_letters(), transport.get_run(), transport.name, transport.last_seqs(),
                     transport.queued())
     rep["torch_threads"], rep["device"], rep["workers_started"] = torch.get_num_threads(), device, workers
+    rep["precision"] = precision
     write(rep, results, out)
     transport.close()
     return rep
 
 
-def _worker(transport, scn: Scenario, model, table, detector, device: str, name: str, observer: Observer) -> Worker:
+def _worker(transport, scn: Scenario, model, table, detector, device: str, precision: str, name: str,
+            observer: Observer) -> Worker:
     """A worker with its own arms (arms hold per-camera state)."""
     arms = build_arms(scn.arms, model, table, detector, scn.arm_settings, device)
     return Worker(transport, arms, batch_size=scn.batch.size, max_wait_ms=scn.batch.max_wait_ms, name=name,
-                  device=device, input_shape=input_shape(model), class_names=list(CLASSES), observer=observer)
+                  device=device, precision=precision, input_shape=input_shape(model), class_names=list(CLASSES), observer=observer)
 
 
 def _progress(transport, scn: Scenario, threads, timeout_s: float, log) -> None:

@@ -157,7 +157,7 @@ def test_precision_runs_the_classifier_in_bf16_and_keeps_the_detector_and_statis
 
 def test_commands_take_precision():
     parser = build_parser()
-    for command in (["stream-bench"], ["serve"]):
+    for command in (["stream-bench"], ["serve"], ["scenario", "run"]):
         option = next(a for a in _sub(parser, *command)._actions if a.dest == "precision")
         assert option.choices == ("fp32", "bf16", "fp16"), command
     assert parser.parse_args(["stream-bench", "--precision", "bf16", "--out", "o"]).precision == "bf16"

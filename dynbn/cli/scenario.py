@@ -12,7 +12,7 @@ from simulator.sources import write_demo_video
 from streamer.scenario import SCENARIO_DIR, ScenarioError, load, resolve, shipped
 
 from ..device import resolve_device
-from .common import add_device, fail
+from .common import add_device, add_precision, fail
 
 
 def cmd_run(args) -> int:
@@ -29,7 +29,8 @@ def cmd_run(args) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     out = Path(args.out)
     rep = run_scenario(scn, out, redis_url=url, artifacts=args.artifacts, data_dir=args.data_dir,
-                       workers=args.workers, prefix=args.prefix, serve_page=args.serve_page, device=device)
+                       workers=args.workers, prefix=args.prefix, serve_page=args.serve_page, device=device,
+                       precision=args.precision)
     print_summary(rep, out)
     return 0 if rep["missing_results"] == 0 and rep["duplicate_results"] == 0 else 1
 
@@ -74,6 +75,7 @@ def register(sub) -> None:
     r.add_argument("--frames", type=int, default=None, help="override frames per camera")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     add_device(r, "auto")
+    add_precision(r)
     r.add_argument("--prefix", default=None, help="Redis key prefix (default: a fresh one per run)")
     r.add_argument("--serve-page", type=int, default=0, metavar="PORT",
                    help="serve the live page, /metrics and the health endpoints on this port while it runs")
