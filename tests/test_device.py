@@ -233,3 +233,16 @@ def test_every_arm_runs_on_cuda_as_on_the_cpu():
     for name in arms:
         same = (classes["cpu", name] == classes["cuda", name]).float().mean().item()
         assert same >= 0.75, (name, same)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_frame_loader_on_cuda_uses_two_pinned_buffers_and_gives_the_cpu_batch():
+    """On CUDA the buffers are pinned and taken in turn; every batch equals the CPU conversion, also when the
+    next batch is written while the previous copy may still run."""
+    g = np.random.default_rng(1)
+    loader = FrameLoader((32, 32, 3), "cuda", capacity=16)
+    assert loader.pinned and len(loader._buffers) == 2 and all(b.is_pinned() for b in loader._buffers)
+    batches = [[g.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(16)] for _ in range(5)]
+    out = [loader.load(frames) for frames in batches]  # no synchronisation in between
+    for frames, x in zip(batches, out):
+        assert x.device.type == "cuda" and torch.equal(x.cpu(), to_tensor(np.stack(frames)))
