@@ -27,9 +27,10 @@ def add_device(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--device", default=default, help=device_help(default))
 
 
-def add_precision(p: argparse.ArgumentParser) -> None:
-    """``--precision``, read by ``dynbn.device.autocast`` (the same help text in every command)."""
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+def add_precision(p: argparse.ArgumentParser, default: str | None = "fp32") -> None:
+    """``--precision``, read by ``dynbn.device.autocast`` (the same help text in every command; ``default``
+    None: the command's settings fill it in, fp32 unless set)."""
+    p.add_argument("--precision", default=default, choices=PRECISIONS,
                    help="the classifier's precision: fp32 (default), or bf16/fp16 under autocast (the detector and "
                         "the BN statistics stay float32)")
 

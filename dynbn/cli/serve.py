@@ -17,9 +17,9 @@ from streamer.web import PortInUse
 
 from .. import data
 from ..bundle import BundleError
-from ..device import PRECISIONS, device_help
+from ..device import device_help
 from ..progress import progress
-from .common import fail
+from .common import add_precision, fail
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -134,9 +134,7 @@ def register(sub) -> None:
     _redis(p)
     p.add_argument("--arm", default=None, help="the method to serve (default dynbn_vote)")
     p.add_argument("--device", default=None, help=device_help("auto"))
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="the classifier's precision: fp32 (default), or bf16/fp16 under autocast (the detector and "
-                        "the BN statistics stay float32)")
+    add_precision(p, default=None)  # None: STREAMER_PRECISION, else fp32
     p.add_argument("--batch", type=int, default=None, help="frames per batch at most (default 64)")
     p.add_argument("--max-wait-ms", type=int, default=None, help="wait after a batch's first frame (default 20)")
     p.add_argument("--retention", type=int, default=None, help="results/events kept per partition (default 100000)")
