@@ -241,12 +241,12 @@ def test_small_sets_hold_out_a_fifth_and_cifar_keeps_its_rows(train_split):
 
 
 def test_the_clean_bias_reads_every_held_out_clean_image(train_split):
-    """With ``tune_clean_images`` the clean bias reads the tuning set's corrupted frames plus that many held-out
-    clean images (200 clean frames cannot see a 0.25-point loss); by default, and in the quick fit, the tuning
-    set itself."""
+    """The full fit's clean bias reads the tuning set's corrupted frames plus every held-out clean image
+    (``tune_clean_images``: 200 clean frames cannot see a 0.25-point loss); the quick fit, the tuning set itself."""
     from dynbn.fitting import TUNE_IMAGES, FitConfig, clean_bias_samples, split_train
 
-    cfg = FitConfig(tune_clean_images=TUNE_IMAGES)
+    cfg = FitConfig()
+    assert cfg.tune_clean_images == TUNE_IMAGES
     held = split_train(train_split, 0)[1]
     g = np.random.default_rng(0)
     domains = np.repeat(np.arange(len(cfg.domains)), 3)  # 3 tuning frames per domain, clean (0) among them
@@ -257,7 +257,7 @@ def test_the_clean_bias_reads_every_held_out_clean_image(train_split):
     assert (frames[:corrupted.sum()] == tuning[0][corrupted]).all() and (got[:corrupted.sum()] == domains[corrupted]).all()
     assert (frames[corrupted.sum():] == held.images).all() and (labels[corrupted.sum():] == held.labels).all()
     assert clean_bias_samples(held, tuning, FitConfig.quick()) is tuning
-    assert clean_bias_samples(held, tuning, FitConfig()) is tuning
+    assert clean_bias_samples(held, tuning, FitConfig(tune_clean_images=0)) is tuning
     small = split_train(train_split.subset(300, seed=0), 0)[1]
     assert len(clean_bias_samples(small, tuning, cfg)[0]) == corrupted.sum() + 60  # all 60 held-out images
 

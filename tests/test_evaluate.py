@@ -16,8 +16,9 @@ from dynbn.experiments.report import reproduce_markdown
 def small_run(data_dir):
     fit = FitConfig(detector_images=40, table_images=64, tune_per_severity=8,
                     detector=DetectorConfig(epochs=4, hidden=(128, 64)))
+    # the paper's arm (no severity mixture), so a correctly detected frame gets the oracle's statistics exactly
     cfg = ReproduceConfig(test_images=200, severities=(5,), corruptions=("gaussian_noise", "contrast"),
-                          k_sweep=(16, 64), sweep_images=100, fit=fit)
+                          k_sweep=(16, 64), sweep_images=100, fit=fit, severity=False)
     return reproduce(cfg, data_dir, log=lambda m: None)
 
 
@@ -89,22 +90,22 @@ def test_run_gap_matches_the_arms(small_run):
     assert "## Where dynbn loses to the oracle" in reproduce_markdown(small_run, "dynbn reproduce --test")
 
 
-@pytest.mark.parametrize("temperature", [None, 2.0])
-def test_dynbn_arm_reports_its_own_detections(resnet20, frames, temperature):
-    """The gap reads the dynbn arm's own detections (one detector pass): hard or soft, the most probable domain."""
+@pytest.mark.parametrize("temperature,severity", [(None, False), (None, True), (2.0, True)])
+def test_dynbn_arm_reports_its_own_detections(resnet20, frames, temperature, severity):
+    """The gap reads the dynbn arm's own detections (one detector pass): hard, with the severity estimate or
+    soft, the most probable domain. A detector with a severity head gets the severity arm unless told not to."""
     import torch
 
-    from dynbn.bn.table import calibrate
-    from dynbn.detector import Detector
-    from dynbn.methods import DynBNFrame, DynBNSoft
+    from dynbn.methods import DynBNFrame, DynBNFrameSeverity, DynBNSoft
+    from stand_in import stand_in
 
     torch.manual_seed(0)
     x, y = frames[:40], torch.zeros(40, dtype=torch.long)
-    table = calibrate(resnet20, {"clean": x[:16], "contrast": x[16:32] * 0.3})
-    detector = Detector(["clean", "contrast"]).eval()
-    cfg = ReproduceConfig(eval_batch=16, soft_temperature=temperature)
+    table, detector = stand_in(resnet20, ("clean", "contrast", "fog"))
+    cfg = ReproduceConfig(eval_batch=16, soft_temperature=temperature, severity=severity)
     arm = dynbn_arm(resnet20, table, detector, cfg)
-    assert isinstance(arm, DynBNFrame if temperature is None else DynBNSoft)
+    expected = DynBNSoft if temperature else DynBNFrameSeverity if severity else DynBNFrame
+    assert type(arm) is expected
     found = {}
     run_arms({"dynbn": arm}, x, y, "clean", cfg, found)
     with torch.no_grad():
@@ -116,7 +117,8 @@ def test_cli_reproduce_options():
     args = parser.parse_args(["reproduce", "--out", "o", "--soft-temperature", "3", "--detector-images", "1600"])
     assert (args.soft_temperature, args.detector_images) == (3.0, 1600)
     args = parser.parse_args(["reproduce", "--out", "o"])
-    assert (args.soft_temperature, args.detector_images) == (None, None)
+    assert (args.soft_temperature, args.detector_images, args.no_severity) == (None, None, False)
+    assert parser.parse_args(["reproduce", "--out", "o", "--no-severity"]).no_severity
     for bad in (["--soft-temperature", "0"], ["--detector-images", "-5"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["reproduce", "--out", "o", *bad])

@@ -271,6 +271,33 @@ def test_severity_estimate_mixes_the_voted_corruptions_entries(resnet20, frames)
     assert torch.allclose(mean[b], ref_mean, atol=1e-5) and torch.allclose(var[b], ref_second - ref_mean**2, atol=1e-4)
 
 
+def test_frame_severity_arm_reads_each_frame_alone(resnet20, frames):
+    """The reproduction's dynbn arm: the detector's argmax per frame and the severity weights of that one frame's
+    head, whatever else the batch holds and whatever came before (no evidence pools across frames)."""
+    from dynbn.methods import DynBNFrameSeverity
+
+    table, det, noisy = _setup(resnet20, frames, severity=True)
+    arm = DynBNFrameSeverity(resnet20, table, det)
+    x = torch.cat([frames[:4], noisy[:4], frames[4:8] * 0.5])
+    out = arm(x)
+    with torch.no_grad():
+        assert torch.equal(arm.last_detected, det(x).argmax(1))
+    weights = arm.last_levels.clone()
+    # one frame at a time, and the batch reversed: the same result per frame
+    alone = torch.cat([arm(x[i:i + 1]) for i in range(len(x))])
+    assert torch.allclose(alone, out, atol=1e-5)
+    assert torch.allclose(arm(x.flip(0)).flip(0), out, atol=1e-5)
+    # a frame's weights are its own head's: the same as a fresh dynbn_vote camera's first frame
+    vote = build_method("dynbn_vote", resnet20, table=table, detector=det, rule=VoteRule())
+    for i in range(len(x)):
+        vote.reset()
+        assert torch.allclose(vote(x[i:i + 1]), out[i:i + 1], atol=1e-5)
+        assert torch.allclose(vote.last_levels[0], weights[i])
+    assert (weights[:, 1:].sum(1) > 0).any()  # some frame was read as a corruption and mixed its severity entries
+    with pytest.raises(ValueError, match="severity head"):
+        DynBNFrameSeverity(resnet20, table, _setup(resnet20, frames)[1])
+
+
 def test_a_severity_detector_needs_the_tables_severity_entries(resnet20, frames):
     table, det, _ = _setup(resnet20, frames, severity=True)
     del table.stats["noise@2"]

@@ -103,7 +103,8 @@ def cmd_reproduce(args) -> int:
     cfg = ReproduceConfig.quick(args.seed) if args.quick else ReproduceConfig()
     cfg.model = args.model
     cfg.fit.seed = cfg.fit.detector.seed = args.seed
-    cfg.fit.severity_images = 0  # the paper's table: no arm here reads the severity head or its entries
+    if args.no_severity:  # the paper's table: no arm reads a severity head or its entries, so none is fitted
+        cfg.severity, cfg.fit.severity_images = False, 0
     if args.images:
         cfg.test_images = args.images
     if args.detector_images:
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soft-temperature", type=_positive_float, default=None,
                    help="dynbn arm: mix every domain's entry by softmax(detector logits / T) (dynbn_soft) instead of "
                         "taking the detected domain's (default: the detected domain's)")
+    p.add_argument("--no-severity", action="store_true",
+                   help="dynbn arm: the detected domain's entry alone, the paper's table (default: mixed with its "
+                        "severity entries by the detector's severity head, as the product's arms do)")
     add_device(p, "cpu")  # the committed reports were made on the CPU
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reproduce)

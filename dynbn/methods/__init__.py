@@ -7,7 +7,7 @@ from .base import Method, batch_statistics
 from .bn_adapt import BNAdapt
 from .bn_ema import BNEMA
 from .bn_prior import BNPrior
-from .dynbn import DynBNFrame, DynBNOracle, DynBNVote
+from .dynbn import DynBNFrame, DynBNFrameSeverity, DynBNOracle, DynBNVote
 from .dynbn_open import DynBNOpen
 from .dynbn_prior import DynBNPrior
 from .dynbn_soft import DynBNSoft
@@ -18,5 +18,5 @@ from .source import Source
 from .tent import Tent
 from .unmix_tns import UnMixTNS
 
-__all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNOracle", "DynBNVote", "DynBNOpen", "DynBNPrior", "DynBNSoft",
+__all__ = ["Method", "batch_statistics", "BNAdapt", "BNEMA", "BNPrior", "DynBNFrame", "DynBNFrameSeverity", "DynBNOracle", "DynBNVote", "DynBNOpen", "DynBNPrior", "DynBNSoft",
            "Source", "Tent", "UnMixTNS", "LAME", "RoTTA", "REGISTRY", "BASELINES", "build_method"]

@@ -317,3 +317,28 @@ class DynBNVote(Method):
         mean = torch.cat([self.stats[name][0][:len(self.detector.domains)] for name in self.layers], 1)
         var = torch.cat([self.stats[name][1][:len(self.detector.domains)] for name in self.layers], 1)
         return affine(self._flat_bn, mean, var)
+
+
+class DynBNFrameSeverity(DynBNVote):
+    """``dynbn_frame`` with the severity estimate: each frame's detected domain (per-frame argmax, no vote),
+    its statistics mixed from that domain's entry and its severity entries as ``dynbn_vote`` mixes them, by
+    the severity head's reading of this one frame alone.
+
+    Every frame is its own camera, forgotten after the batch (``VoteRule()``, the per-frame rule), so nothing
+    pools across frames: for independent images, such as the reproduction's, where a camera's evidence does
+    not exist. The reproduction's ``dynbn`` arm when the detector carries a severity head.
+    """
+
+    name = "dynbn_frame_severity"
+    carries_state = False
+
+    def __init__(self, model, table: BNTable, detector: Detector, corruption_weight: float = CORRUPTION_WEIGHT) -> None:
+        super().__init__(model, table, detector, VoteRule(), severity=True, corruption_weight=corruption_weight)
+        self.last_detected: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def forward(self, x, cameras=None, truth=None) -> torch.Tensor:
+        self.reset()
+        out = super().forward(x, list(range(len(x))))
+        self.last_detected = self.last_index
+        return out
