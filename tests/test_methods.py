@@ -294,6 +294,7 @@ def test_frame_severity_arm_reads_each_frame_alone(resnet20, frames):
         assert torch.allclose(vote(x[i:i + 1]), out[i:i + 1], atol=1e-5)
         assert torch.allclose(vote.last_levels[0], weights[i])
     assert (weights[:, 1:].sum(1) > 0).any()  # some frame was read as a corruption and mixed its severity entries
+    assert not arm.carries_state and torch.equal(arm.predict(x), build_method("source", resnet20)(x))
     with pytest.raises(ValueError, match="severity head"):
         DynBNFrameSeverity(resnet20, table, _setup(resnet20, frames)[1])
 

@@ -342,3 +342,7 @@ class DynBNFrameSeverity(DynBNVote):
         out = super().forward(x, list(range(len(x))))
         self.last_detected = self.last_index
         return out
+
+    def predict(self, x, cameras=None, truth=None) -> torch.Tensor:
+        """Nothing carries over from batch to batch: the plain model, as for every stateless arm."""
+        return Method.predict(self, x, cameras, truth)
