@@ -460,7 +460,7 @@ def test_committed_reports_are_their_json_rendered():
     from dynbn.experiments.stream_report import stream_markdown
 
     reports = sorted((Path(__file__).parent.parent / "docs").glob("results/stream_bench_*/stream_bench.json"))
-    assert len(reports) == 14
+    assert len(reports) == 15
     for path in reports:
         assert stream_markdown(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path.parent.name
 
