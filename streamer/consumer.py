@@ -32,6 +32,11 @@ or malformed goes to the dead-letter stream with the reason; an exception inside
 dead-letters the batch's frames with the arm's name and the error, and the worker goes on; a lost Redis connection is
 retried with exponential backoff, then every owned partition is re-adopted (state
 reloaded, own pending entries re-claimed: a lost XREADGROUP reply leaves nothing behind).
+Read-ahead: while a batch is predicted and committed, a reader thread reads (and checks) the next one
+from the same partitions, so Redis round trips and decoding overlap the forward. Ownership stays
+with the main thread: before it hands a partition back it waits for that read, whose entries it then
+processes first; entries read from a partition whose lease lapsed meanwhile are dropped here and stay
+pending in Redis, as those of any read under way when a lease lapses (docs/service.md, "Read-ahead").
 Memory: a batch holds at most ``max_batch_bytes`` of frames (the last entry read may cross
 it); an entry larger than the payload limit is never transferred: the transport hands it
 over as id and size, and it is dead-lettered by id.
@@ -50,6 +55,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis
 import torch
@@ -99,6 +105,9 @@ class Worker:
         self._releasing: set[int] = set()      # owned partitions being handed back: no new reads
         self._next_balance = 0.0
         self._started = self._broken = False
+        self._reader: ThreadPoolExecutor | None = None  # the read-ahead's thread (``run``)
+        self._ahead: Future | None = None                # the read-ahead in flight: entries and their checks
+        self._checked: dict[tuple[int, str], object] = {}  # (partition, id) -> scoring.check's answer, read-ahead's
 
     # -- lifecycle -------------------------------------------------------------------------
     @torch.no_grad()
@@ -122,6 +131,8 @@ class Worker:
     def shutdown(self) -> None:
         """Release leases (others take over at once) and log one line of counters."""
         self.stop.set()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)  # idle: ``run`` settles the read-ahead before it returns
         for p, token in list(self.tokens.items()):
             try:
                 self.t.release(p, token)
@@ -150,6 +161,7 @@ class Worker:
                 self._balance()
                 batch = self._take_batch()
                 if batch:
+                    self._read_ahead()
                     self._process(batch)
                 elif until_done and self._finished():
                     return
@@ -172,8 +184,10 @@ class Worker:
         self._drain()
 
     def _drain(self) -> None:
-        """After a stop: process the entries already read (the batch in hand), so none stays pending."""
+        """After a stop: process the entries already read (the batch in hand, the read-ahead), so none stays
+        pending."""
         try:
+            self._settle()
             while self.queue:
                 self._process(self._take_batch())
         except TRANSIENT:
@@ -233,6 +247,8 @@ class Worker:
                 self._adopt(p)
         # over the fair share: stop reading the extra partitions, release each once its queued entries are done
         self._releasing = set(sorted(self.tokens)[target:])
+        if self._releasing:
+            self._settle()  # the read-ahead may hold entries of them: they go into the queue first
         for p in sorted(self._releasing):
             if not any(e.partition == p for e in self.queue):
                 self.t.release(p, self.tokens[p])
@@ -259,13 +275,19 @@ class Worker:
         self.tokens.pop(p, None)
         self._forget(self.cameras.pop(p, set()))
         self.queue = deque(e for e in self.queue if e.partition != p)
+        self._checked = {k: v for k, v in self._checked.items() if k[0] != p}
 
     def _recover(self) -> None:
         """After a connection error: re-adopt every partition still ours (nothing trusted locally).
 
         Raises while Redis is still down; ``run`` keeps calling it until it completes once.
         """
+        try:
+            self._settle()  # its entries are pending here: the re-adoption claims them again
+        except TRANSIENT:
+            pass
         self.queue.clear()
+        self._checked.clear()
         for p, token in dict(self.tokens).items():
             if p in self.t.renew([p], token, self.lease_ms):
                 self._forget(self.cameras.get(p, set()))
@@ -281,13 +303,24 @@ class Worker:
 
     # -- batches ---------------------------------------------------------------------------
     def _take_batch(self) -> list[Entry]:
-        """Up to batch_size entries: queued ones first, else read until full or max_wait after the first."""
-        if self.queue:
+        """Up to batch_size entries: queued ones first, then the read-ahead's (when one ran, even empty, it is
+        this turn's read), else read until full or max_wait after the first."""
+        ahead = self._ahead is not None
+        if ahead:
+            self._settle()
+        if self.queue or ahead:
             return [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
         owned = self._readable()
         if not owned:
             self.stop.wait(0.1)
             return []
+        got = self._read(owned)
+        self.queue.extend(got[self.batch_size:])
+        return got[:self.batch_size]
+
+    def _read(self, owned: list[int]) -> list[Entry]:
+        """Read from partitions ``owned`` until batch_size entries or max_wait after the first (none: after at most
+        200 ms); touches no ownership state, so the read-ahead thread runs it too."""
         got: list[Entry] = []
         deadline, size = None, 0
         while len(got) < self.batch_size and size < self.max_batch_bytes and not self.stop.is_set():
@@ -304,13 +337,39 @@ class Worker:
             if deadline is None:
                 deadline = time.monotonic() + self.max_wait_ms / 1000
             got += new
-        self.queue.extend(got[self.batch_size:])
-        return got[:self.batch_size]
+        return got
+
+    def _read_ahead(self) -> None:
+        """Start reading the next batch in the reader thread (when the queue holds none), to overlap this one's
+        prediction and commit."""
+        owned = self._readable()
+        if self.queue or not owned or self.stop.is_set():
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-read")
+        self._ahead = self._reader.submit(self._read_and_check, owned)
+
+    def _read_and_check(self, owned: list[int]) -> list[tuple[Entry, object]]:
+        """The read-ahead: read, then check and decode each entry (``scoring.check``), in the reader thread."""
+        return [(e, scoring.check(e, self.max_deliveries, self.max_payload, self.input_shape))
+                for e in self._read(owned)]
+
+    def _settle(self) -> None:
+        """Wait for the read-ahead, if one is in flight, and queue its entries of partitions still owned, keeping
+        their checks for ``_process`` (the read's error, if it failed, is raised here, in the main thread)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        for e, checked in ahead.result():
+            if e.partition in self.tokens:
+                self.queue.append(e)
+                self._checked[(e.partition, e.id)] = checked
 
     def _process(self, batch: list[Entry]) -> None:
         """Predict with every arm, then one atomic commit per partition touched."""
         t_start, t0 = time.time(), time.perf_counter()
-        good, dead = scoring.parse(batch, self.max_deliveries, self.max_payload, self.input_shape)
+        good, dead = scoring.parse(batch, self.max_deliveries, self.max_payload, self.input_shape,
+                                   lambda e: self._checked.pop((e.partition, e.id), None))
         self.counters["parse_ms"] += int((time.perf_counter() - t0) * 1000)
         commits: dict[int, Commit] = {}
         seen: dict[int, tuple[list, list, list]] = {}  # partition -> results, dead reasons, events (for the observer)

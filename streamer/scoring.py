@@ -19,26 +19,37 @@ class ArmFailed(RuntimeError):
     """An arm raised on a batch; the message (arm, error) is the dead-letter reason of the batch's frames."""
 
 
-def parse(batch: list[Entry], max_deliveries: int, max_payload: int, input_shape: tuple):
-    """Split a batch into usable (entry, message, frame) and dead (entry, reason)."""
+def parse(batch: list[Entry], max_deliveries: int, max_payload: int, input_shape: tuple, checked=None):
+    """Split a batch into usable (entry, message, frame) and dead (entry, reason), in the batch's order.
+
+    ``checked``: entry -> what ``check`` made of it earlier (the worker's read-ahead checks entries in its
+    reader thread), used instead of checking the entry again; None for an entry not checked yet."""
     good, dead = [], []
     for e in batch:
-        if e.oversized:
-            dead.append((e, f"entry of {e.size} bytes exceeds the limit of {max_payload} payload bytes (not read)"))
-            continue
-        if e.deliveries > max_deliveries:
-            dead.append((e, f"delivered {e.deliveries} times (limit {max_deliveries}): poison message?"))
-            continue
-        try:
-            msg = FrameMessage.from_fields(e.fields, max_payload)
-            frame = msg.decode()
-            if frame.shape != input_shape:
-                raise Malformed(f"frame shape {frame.shape}, the model takes {input_shape}")
-        except Malformed as exc:
-            dead.append((e, str(exc)))
-            continue
-        good.append((e, msg, frame))
+        got = checked(e) if checked is not None else None
+        if got is None:
+            got = check(e, max_deliveries, max_payload, input_shape)
+        if isinstance(got, str):
+            dead.append((e, got))
+        else:
+            good.append((e, *got))
     return good, dead
+
+
+def check(e: Entry, max_deliveries: int, max_payload: int, input_shape: tuple) -> tuple[FrameMessage, object] | str:
+    """One entry as (message, decoded frame), or the reason it is a dead letter."""
+    if e.oversized:
+        return f"entry of {e.size} bytes exceeds the limit of {max_payload} payload bytes (not read)"
+    if e.deliveries > max_deliveries:
+        return f"delivered {e.deliveries} times (limit {max_deliveries}): poison message?"
+    try:
+        msg = FrameMessage.from_fields(e.fields, max_payload)
+        frame = msg.decode()
+        if frame.shape != input_shape:
+            raise Malformed(f"frame shape {frame.shape}, the model takes {input_shape}")
+    except Malformed as exc:
+        return str(exc)
+    return msg, frame
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +14,7 @@ from streaming import consume as run
 from dynbn.vote import DEFAULT_RULE, VoteRule
 from simulator.publisher import Publisher
 from simulator.strategies import scenarios
+from streamer import scoring
 from streamer.consumer import Worker
 from streamer.summary import parse_results
 from streamer.transport import MemoryTransport
@@ -170,3 +172,61 @@ def test_a_bf16_worker_accounts_for_every_frame_and_mostly_agrees_with_fp32(env)
     assert sorted(low) == sorted(full) and len(low) == 72 and w16.counters["dead"] == 0
     same = sum(low[k]["dynbn_vote"] == full[k]["dynbn_vote"] for k in full) / len(full)
     assert same >= 0.9, same
+
+
+class ReadWatch(MemoryTransport):
+    """A transport that notes, for each read, whether it ran in the worker's read-ahead thread."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions)
+        self.ahead_read = threading.Event()
+
+    def read(self, *args, **kw):
+        if threading.current_thread().name.endswith("-read_0"):
+            self.ahead_read.set()
+        return super().read(*args, **kw)
+
+
+class WaitsForTheNextRead:
+    """An arm whose every batch after the first waits until the worker reads the next batch ahead: the read must
+    overlap the prediction (a worker without read-ahead never releases it, and the wait fails)."""
+
+    def __init__(self, transport: ReadWatch) -> None:
+        self.t, self.calls, self.overlapped = transport, 0, 0
+
+    def __call__(self, x, cameras=None, truth=None):
+        self.calls += 1
+        if self.t.ahead_read.wait(30):
+            self.overlapped += 1
+        self.t.ahead_read.clear()
+        return torch.zeros(len(x), 10)
+
+    def reset(self) -> None:
+        pass
+
+    def last_conditions(self):
+        return None
+
+
+def test_the_next_batch_is_read_and_decoded_while_this_one_is_predicted_and_every_frame_is_scored_once(env, monkeypatch):
+    scn = tiny(cameras=2, frames_per_camera=40, partitions=1)
+    t = ReadWatch(1)
+    Publisher(scn, t, env["source"], max_backlog=10**6).run()
+    decoded_in = Counter()
+    check = scoring.check
+
+    def watched(*args):
+        decoded_in[threading.current_thread().name] += 1
+        return check(*args)
+    monkeypatch.setattr(scoring, "check", watched)
+    arm = WaitsForTheNextRead(t)
+    w = Worker(t, {"waits": arm}, batch_size=16, max_wait_ms=20, name="ahead")
+    w.startup()
+    w.run(until_done=True)
+    w.shutdown()
+    assert arm.calls == 5 and arm.overlapped == 5      # 80 frames in 5 batches, each predicted during a read-ahead
+    # the first batch is read and decoded before there is a forward to overlap; the other 64 frames in the reader
+    assert decoded_in == {threading.current_thread().name: 16, "ahead-read_0": 64} and not w._checked
+    assert sorted((r.camera, r.seq) for r in parse_results(t.results())) == \
+        sorted((c, s) for c in scn.camera_ids for s in range(40))
+    assert t.backlog() == (0, 0) and w.counters["results"] == 80
