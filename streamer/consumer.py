@@ -35,8 +35,9 @@ reloaded, own pending entries re-claimed: a lost XREADGROUP reply leaves nothing
 Read-ahead: while a batch is predicted and committed, a reader thread reads (and checks) the next one
 from the same partitions, so Redis round trips and decoding overlap the forward. Ownership stays
 with the main thread: before it hands a partition back it waits for that read, whose entries it then
-processes first; entries read from a partition whose lease lapsed meanwhile are dropped here and stay
-pending in Redis, as those of any read under way when a lease lapses (docs/service.md, "Read-ahead").
+processes first. A read takes entries only from partitions whose lease still holds this worker's token
+(checked inside Redis in the same step), so no read, ahead or not, takes frames the next owner would
+not see.
 Memory: a batch holds at most ``max_batch_bytes`` of frames (the last entry read may cross
 it); an entry larger than the payload limit is never transferred: the transport hands it
 over as id and size, and it is dead-lettered by id.
@@ -314,13 +315,15 @@ class Worker:
         if not owned:
             self.stop.wait(0.1)
             return []
-        got = self._read(owned)
+        got = self._read({p: self.tokens[p] for p in owned})
         self.queue.extend(got[self.batch_size:])
         return got[:self.batch_size]
 
-    def _read(self, owned: list[int]) -> list[Entry]:
-        """Read from partitions ``owned`` until batch_size entries or max_wait after the first (none: after at most
-        200 ms); touches no ownership state, so the read-ahead thread runs it too."""
+    def _read(self, leases: dict[int, str]) -> list[Entry]:
+        """Read from the partitions of ``leases`` (partition -> this worker's token; the transport reads only those
+        whose lease still holds it) until batch_size entries or max_wait after the first (none: after at most 200
+        ms); touches no ownership state, so the read-ahead thread runs it too."""
+        owned = sorted(leases)
         got: list[Entry] = []
         deadline, size = None, 0
         while len(got) < self.batch_size and size < self.max_batch_bytes and not self.stop.is_set():
@@ -329,7 +332,7 @@ class Worker:
                 break
             t0 = time.perf_counter()
             new = self.t.read(owned, self.name, self.batch_size - len(got), max(wait, 1),
-                              self.max_batch_bytes - size, self.max_entry)
+                              self.max_batch_bytes - size, self.max_entry, leases)
             size += sum(e.size for e in new if not e.oversized)
             self.counters["read_ms"] += int((time.perf_counter() - t0) * 1000)
             if not new and deadline is None:
@@ -347,12 +350,12 @@ class Worker:
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-read")
-        self._ahead = self._reader.submit(self._read_and_check, owned)
+        self._ahead = self._reader.submit(self._read_and_check, {p: self.tokens[p] for p in owned})
 
-    def _read_and_check(self, owned: list[int]) -> list[tuple[Entry, object]]:
+    def _read_and_check(self, leases: dict[int, str]) -> list[tuple[Entry, object]]:
         """The read-ahead: read, then check and decode each entry (``scoring.check``), in the reader thread."""
         return [(e, scoring.check(e, self.max_deliveries, self.max_payload, self.input_shape))
-                for e in self._read(owned)]
+                for e in self._read(leases)]
 
     def _settle(self) -> None:
         """Wait for the read-ahead, if one is in flight, and queue its entries of partitions still owned, keeping

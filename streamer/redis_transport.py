@@ -79,16 +79,20 @@ return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
 _READ = """
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_bytes, max_entry = tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = #KEYS / 2  -- the frame streams, then their lease keys
 local out, bytes = {}, 0
-for i, key in ipairs(KEYS) do
-  while #out < count and bytes < max_bytes do
-    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', key, '>')
-    if not r then break end
-    local e = r[1][2][1]
-    local size = 0
-    for _, v in ipairs(e[2]) do size = size + #v end
-    if size > max_entry then out[#out + 1] = {i, e[1], size}
-    else out[#out + 1] = {i, e[1], size, e[2]}; bytes = bytes + size end
+for i = 1, n do
+  local token = ARGV[5 + i]  -- '' reads without a lease
+  if token == '' or redis.call('GET', KEYS[n + i]) == token then
+    while #out < count and bytes < max_bytes do
+      local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[i], '>')
+      if not r then break end
+      local e = r[1][2][1]
+      local size = 0
+      for _, v in ipairs(e[2]) do size = size + #v end
+      if size > max_entry then out[#out + 1] = {i, e[1], size}
+      else out[#out + 1] = {i, e[1], size, e[2]}; bytes = bytes + size end
+    end
   end
 end
 return out
@@ -243,34 +247,37 @@ class RedisTransport(Transport):
                 e.deliveries = counts.get(e.id, 1)
         return out
 
-    def read(self, partitions, consumer, count, block_ms, max_bytes=DEFAULT_READ_BYTES, max_entry=DEFAULT_MAX_ENTRY):
-        """Entries waiting now (bounded by count and bytes); when there are none, block on one partition at a
-        time, in turns of at most 20 ms, for a single entry until ``block_ms`` has passed."""
+    def read(self, partitions, consumer, count, block_ms, max_bytes=DEFAULT_READ_BYTES, max_entry=DEFAULT_MAX_ENTRY,
+             leases=None):
+        """Entries waiting now (bounded by count and bytes), taken by one script that checks each partition's lease
+        first; when there are none, wait on one partition at a time, in turns of at most 20 ms, until ``block_ms``
+        has passed. The wait is an ``XREAD`` outside the group, which takes nothing: every entry is taken by the
+        script, so a lease lost during the wait is seen before any entry is taken (a blocking ``XREADGROUP``
+        would take it unchecked). A frame published during a wait is taken at most 20 ms after it arrived."""
         if not partitions:
             return []
         self._turn += 1
         order = partitions[self._turn % len(partitions):] + partitions[:self._turn % len(partitions)]  # fairness
         deadline = time.monotonic() + block_ms / 1000
         while True:
-            out = self._read_now(order, consumer, count, max_bytes, max_entry)
+            out = self._read_now(order, consumer, count, max_bytes, max_entry, leases)
             left = int((deadline - time.monotonic()) * 1000)
             if out or left <= 0:
                 return out
             p = order[self._turn % len(order)]
             self._turn += 1
-            reply = self.r.xreadgroup(GROUP, consumer, {self.keys.frames(p): ">"}, count=1, block=min(left, 20)) or []
-            out = [Entry(p, _s(i), f, size=_size(f)) for _, entries in reply for i, f in entries if f is not None]
-            if out:
-                return out
+            self.r.xread({self.keys.frames(p): "$"}, count=1, block=min(left, 20))  # wakes on a new entry
 
-    def _read_now(self, order, consumer, count, max_bytes, max_entry):
+    def _read_now(self, order, consumer, count, max_bytes, max_entry, leases):
         groups = [[p] for p in order] if self.cluster else [order]  # a script's keys must share a slot
         out = []
         for parts in groups:
             if len(out) >= count or sum(e.size for e in out) >= max_bytes:
                 break
-            rows = self._read_script(keys=[self.keys.frames(p) for p in parts],
-                                     args=[GROUP, consumer, count - len(out), max_bytes - sum(e.size for e in out), max_entry])
+            tokens = ["" if leases is None else leases[p] for p in parts]
+            rows = self._read_script(keys=[self.keys.frames(p) for p in parts] + [self.keys.lease(p) for p in parts],
+                                     args=[GROUP, consumer, count - len(out), max_bytes - sum(e.size for e in out),
+                                           max_entry, *tokens])
             for row in rows:
                 p, entry_id, size = parts[int(row[0]) - 1], _s(row[1]), int(row[2])
                 fields = dict(zip(row[3][::2], row[3][1::2])) if len(row) > 3 else {}

@@ -122,9 +122,15 @@ class Transport(ABC):
 
     @abstractmethod
     def read(self, partitions: list[int], consumer: str, count: int, block_ms: int,
-             max_bytes: int = DEFAULT_READ_BYTES, max_entry: int = DEFAULT_MAX_ENTRY) -> list[Entry]:
+             max_bytes: int = DEFAULT_READ_BYTES, max_entry: int = DEFAULT_MAX_ENTRY,
+             leases: dict[int, str] | None = None) -> list[Entry]:
         """New entries (never delivered before) from the given partitions: at most ``count`` in all, and no
-        more once ``max_bytes`` is reached (the last one may cross it); waits up to ``block_ms`` for one."""
+        more once ``max_bytes`` is reached (the last one may cross it); waits up to ``block_ms`` for one.
+
+        ``leases`` (partition -> lease token, for every partition read): a partition whose lease that token
+        does not hold is not read, checked in the same atomic step that takes its entries, so a worker never
+        takes an entry from a partition it has lost (which the new owner, having claimed the pending entries
+        when it took over, would never see)."""
 
     @abstractmethod
     def commit(self, partition: int, token: str, commit: Commit) -> int:
@@ -267,12 +273,15 @@ class MemoryTransport(Transport):
                                  size > max_entry))
             return out
 
-    def read(self, partitions, consumer, count, block_ms, max_bytes=DEFAULT_READ_BYTES, max_entry=DEFAULT_MAX_ENTRY):
+    def read(self, partitions, consumer, count, block_ms, max_bytes=DEFAULT_READ_BYTES, max_entry=DEFAULT_MAX_ENTRY,
+             leases=None):
         deadline = time.monotonic() + block_ms / 1000
         with self._cond:
             while True:
                 out, total = [], 0
                 for p in partitions:
+                    if leases is not None and self._owner(p) != leases[p]:
+                        continue
                     while len(out) < count and total < max_bytes and self._cursor[p] < len(self._streams[p]):
                         entry_id, fields = self._streams[p][self._cursor[p]]
                         self._cursor[p] += 1

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -44,6 +45,24 @@ def test_read_delivers_each_entry_once_then_backlog_drains(transport):
     assert transport.backlog() == (2, 3)
     assert [e.id for e in transport.read([0], "b", 10, 10)] == ids[3:]
     assert transport.read([0], "a", 10, 10) == []
+
+
+def test_a_read_takes_nothing_from_a_partition_whose_lease_another_token_holds(transport):
+    """A worker whose lease lapsed and was taken over must not take new frames: the new owner claimed the pending
+    ones when it took over and would never see them. The same when the frame arrives during a blocking wait."""
+    ids = publish(transport, 2, partition=0) + publish(transport, 2, partition=1)
+    assert transport.acquire(0, "old", 50) and transport.acquire(1, "mine", 5000)
+    time.sleep(0.1)
+    assert transport.acquire(0, "new", 5000)  # the old owner's lease lapsed and was taken over
+    got = transport.read([0, 1], "old-owner", 10, 10, leases={0: "old", 1: "mine"})
+    assert [e.id for e in got] == ids[2:] and transport.backlog([0]) == (2, 0)
+    assert transport.read([0], "old-owner", 10, 50, leases={0: "old"}) == []  # waits, takes nothing
+    assert [e.id for e in transport.read([0], "new-owner", 10, 10, leases={0: "new"})] == ids[:2]
+    later = threading.Timer(0.05, lambda: transport.publish(0, {"k": "late"}))
+    later.start()
+    assert transport.read([0], "old-owner", 10, 300, leases={0: "old"}) == []  # the frame arrives while it waits
+    later.join()
+    assert len(transport.read([0], "new-owner", 10, 10, leases={0: "new"})) == 1
 
 
 def test_commit_is_fenced_by_the_lease_and_idempotent(transport):
