@@ -352,19 +352,21 @@ class Worker:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-read")
         self._ahead = self._reader.submit(self._read_and_check, {p: self.tokens[p] for p in owned})
 
-    def _read_and_check(self, leases: dict[int, str]) -> list[tuple[Entry, object]]:
+    def _read_and_check(self, leases: dict[int, str]) -> tuple[dict[int, str], list[tuple[Entry, object]]]:
         """The read-ahead: read, then check and decode each entry (``scoring.check``), in the reader thread."""
-        return [(e, scoring.check(e, self.max_deliveries, self.max_payload, self.input_shape))
-                for e in self._read(leases)]
+        return leases, [(e, scoring.check(e, self.max_deliveries, self.max_payload, self.input_shape))
+                        for e in self._read(leases)]
 
     def _settle(self) -> None:
-        """Wait for the read-ahead, if one is in flight, and queue its entries of partitions still owned, keeping
-        their checks for ``_process`` (the read's error, if it failed, is raised here, in the main thread)."""
+        """Wait for the read-ahead, if one is in flight, and queue its entries of partitions still held under the
+        lease it read them with, keeping their checks for ``_process`` (a partition lost and taken again meanwhile
+        was re-adopted, which claimed them again); the read's error, if it failed, is raised here."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
-        for e, checked in ahead.result():
-            if e.partition in self.tokens:
+        leases, entries = ahead.result()
+        for e, checked in entries:
+            if self.tokens.get(e.partition) == leases[e.partition]:
                 self.queue.append(e)
                 self._checked[(e.partition, e.id)] = checked
 
