@@ -130,10 +130,6 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _size(fields: dict) -> int:
-    return sum(len(k) + len(v) for k, v in fields.items())
-
-
 def _flat(fields: dict) -> list:
     """XADD's field-value list: k1, v1, k2, v2, ..."""
     return [x for kv in fields.items() for x in kv]
