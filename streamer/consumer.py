@@ -256,9 +256,10 @@ class Worker:
                 self._drop(p)
                 self._releasing.discard(p)
 
-    def _readable(self) -> list[int]:
-        """Owned partitions to read new entries from (not those being handed back)."""
-        return sorted(set(self.tokens) - self._releasing)
+    def _readable(self) -> dict[int, str]:
+        """Owned partitions to read new entries from (not those being handed back), with this worker's lease token
+        on each: what a read checks the lease against."""
+        return {p: self.tokens[p] for p in sorted(set(self.tokens) - self._releasing)}
 
     def _adopt(self, p: int) -> None:
         """Take a partition over: load its cameras' states, claim its pending entries (oldest first)."""
@@ -311,11 +312,11 @@ class Worker:
             self._settle()
         if self.queue or ahead:
             return [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
-        owned = self._readable()
-        if not owned:
+        leases = self._readable()
+        if not leases:
             self.stop.wait(0.1)
             return []
-        got = self._read({p: self.tokens[p] for p in owned})
+        got = self._read(leases)
         self.queue.extend(got[self.batch_size:])
         return got[:self.batch_size]
 
@@ -323,7 +324,7 @@ class Worker:
         """Read from the partitions of ``leases`` (partition -> this worker's token; the transport reads only those
         whose lease still holds it) until batch_size entries or max_wait after the first (none: after at most 200
         ms); touches no ownership state, so the read-ahead thread runs it too."""
-        owned = sorted(leases)
+        owned = list(leases)  # in partition order (``_readable``)
         got: list[Entry] = []
         deadline, size = None, 0
         while len(got) < self.batch_size and size < self.max_batch_bytes and not self.stop.is_set():
@@ -345,12 +346,12 @@ class Worker:
     def _read_ahead(self) -> None:
         """Start reading the next batch in the reader thread (when the queue holds none), to overlap this one's
         prediction and commit."""
-        owned = self._readable()
-        if self.queue or not owned or self.stop.is_set():
+        leases = self._readable()
+        if self.queue or not leases or self.stop.is_set():
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-read")
-        self._ahead = self._reader.submit(self._read_and_check, {p: self.tokens[p] for p in owned})
+        self._ahead = self._reader.submit(self._read_and_check, leases)
 
     def _read_and_check(self, leases: dict[int, str]) -> tuple[dict[int, str], list[tuple[Entry, object]]]:
         """The read-ahead: read, then check and decode each entry (``scoring.check``), in the reader thread."""
